@@ -1,0 +1,27 @@
+"""Errors that reach the user as one line and a non-zero exit.
+
+Every problem with user input (configs, microstructure files, stores, models)
+raises a subclass of :class:`SlipstreamError` whose message is a single line
+naming the problem; the CLI prints it as ``slipstream: error: <message>`` and
+exits with status 2. Anything else is a bug and keeps its traceback.
+"""
+
+
+class SlipstreamError(Exception):
+    """Base class of all user-facing errors (one-line message)."""
+
+
+class ConfigError(SlipstreamError, ValueError):
+    """A configuration is malformed, incomplete or out of range."""
+
+
+class InputFileError(SlipstreamError, ValueError):
+    """An input file (EBSD map, grid, mesh) is missing, corrupt or unsupported."""
+
+
+class StoreError(SlipstreamError, ValueError):
+    """A Zarr store is missing, of another schema, or does not fit the request."""
+
+
+class SolverError(SlipstreamError, RuntimeError):
+    """The solver could not converge even after the allowed load-step cutbacks."""
