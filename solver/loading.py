@@ -40,9 +40,8 @@ import numpy as np
 
 from .errors import ConfigError
 
+# The store's load_mode codes are positions in this tuple: append only.
 MODES = ("tension", "compression", "shear", "plane_strain", "biaxial", "deformation_gradient")
-# Codes stored in the campaign store (solver.store uses the same table).
-MODE_CODES = {name: code for code, name in enumerate(MODES)}
 
 _LOADING_KEYS = {"mode", "direction", "strain", "rate", "increments", "normal", "constrained",
                  "second", "F"}
@@ -236,6 +235,19 @@ def loading_from_config(cfg: dict) -> Loading:
         prescribed[[0, 1]] = True
         final[[0, 1]] = strain
     return Loading(mode, direction, strain, rate, increments, frame, basis, prescribed, final)
+
+
+def specimen_axis(loading: Loading) -> int:
+    """Box axis (0, 1, 2) of a specimen test; the grips sit on the faces normal to it.
+
+    Raises:
+        ConfigError: unless the load is tension or compression along a box axis.
+    """
+    axis = int(np.argmax(np.abs(loading.direction)))
+    if abs(abs(loading.direction[axis]) - 1.0) > 1e-12 or loading.mode not in ("tension", "compression"):
+        raise ConfigError("boundary 'specimen' needs tension or compression along a box axis "
+                          f"(got {loading.mode} along {np.round(loading.direction, 6).tolist()})")
+    return axis
 
 
 def output_increments(increments: int, every: int) -> np.ndarray:
