@@ -51,7 +51,7 @@ from mpi4py import MPI
 from petsc4py import PETSc
 
 from .errors import ConfigError, SolverError
-from .loading import Loading
+from .loading import Loading, specimen_axis
 from .rotations import polar_rotation
 from .tensors import hencky_strain
 
@@ -155,10 +155,7 @@ class AffineConstraint:
     @classmethod
     def grips(cls, V, loading: Loading, cells, size, origin=(0.0, 0.0, 0.0)):
         """Specimen: clamped grips on the faces normal to the load axis."""
-        axis = int(np.argmax(np.abs(loading.direction)))
-        if abs(abs(loading.direction[axis]) - 1.0) > 1e-12 or loading.mode not in ("tension", "compression"):
-            raise ConfigError("boundary 'specimen' needs tension or compression along a box axis "
-                              f"(got {loading.mode} along {loading.direction.tolist()})")
+        axis = specimen_axis(loading)
         comm = V.mesh.comm
         im = V.dofmap.index_map
         n_owned = im.size_local
@@ -241,6 +238,8 @@ class CrystalPlasticitySolver:
         self.boundary = boundary
         self.max_cutbacks = int(max_cutbacks)
         self.ms = microstructure
+        # wall-clock split (s); linear solve = snes_total - the others inside SNES
+        self.timings = dict.fromkeys(("interpolation", "constitutive", "assembly", "constraint_ptap", "snes_total"), 0.0)
         cells, size = microstructure.cells, microstructure.size
         origin = getattr(microstructure, "origin", np.zeros(3))
         self.mesh, self.voxel = voxel_mesh(comm, cells, size, origin)
@@ -328,9 +327,13 @@ class CrystalPlasticitySolver:
 
     def _evaluate(self, z, dt, tangent=True):
         """Constitutive update at every quadrature point for the current ``u``."""
+        t0 = time.perf_counter()
         grad_u = self._grad_u.eval(self.mesh, self._cells).reshape(-1, 3, 3)
         F = grad_u + np.eye(3)
+        t1 = time.perf_counter()
         res = self.kernel.update(F, self.state, dt, tangent=tangent)
+        self.timings["interpolation"] += t1 - t0
+        self.timings["constitutive"] += time.perf_counter() - t1
         ok = bool(np.all(res.converged)) and np.all(np.isfinite(res.stress))
         ok = self.comm.allreduce(ok, op=MPI.LAND)
         self._local_failed = not ok
@@ -348,31 +351,39 @@ class CrystalPlasticitySolver:
         return True
 
     def _assemble_tangent(self):
+        t0 = time.perf_counter()
         self._K.zeroEntries()
         dolfinx.fem.petsc.assemble_matrix(self._K, self._jacobian_form)
         self._K.assemble()
+        self.timings["assembly"] += time.perf_counter() - t0
 
     def _snes_residual(self, snes, z, rz):
         self._set_displacement(z, self._t_target)
         if not self._evaluate(z, self._dt, tangent=True):
             snes.setFunctionDomainError()
             return
+        t0 = time.perf_counter()
         with self._r.localForm() as loc:
             loc.set(0.0)
         dolfinx.fem.petsc.assemble_vector(self._r, self._residual_form)
         self._r.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
         self.constraint.T.multTranspose(self._r, rz)
+        self.timings["assembly"] += time.perf_counter() - t0
 
     def _snes_jacobian(self, snes, z, J, Jp):
         self._assemble_tangent()
+        t0 = time.perf_counter()
         self._K.PtAP(self.constraint.T, result=J)
+        self.timings["constraint_ptap"] += time.perf_counter() - t0
 
     # -- stepping ---------------------------------------------------------
     def _attempt(self, t_target, dt, z_guess):
         """One Newton solve to ``t_target``; returns (converged, iterations, history)."""
         self._t_target, self._dt = t_target, dt
         z_guess.copy(self.z)
+        t0 = time.perf_counter()
         self.snes.solve(None, self.z)
+        self.timings["snes_total"] += time.perf_counter() - t0
         reason = self.snes.getConvergedReason()
         hist = list(np.asarray(self.snes.getConvergenceHistory()[0]))
         its = self.snes.getIterationNumber()
@@ -481,6 +492,13 @@ class CrystalPlasticitySolver:
                 full[vox] = f[key]
             out[key] = full.reshape((nz, ny, nx) + val.shape[1:])
         return out
+
+    def timing_split(self) -> dict:
+        """Seconds spent in each part of the solve on this rank (linear solve inferred)."""
+        t = dict(self.timings)
+        inside = t["interpolation"] + t["constitutive"] + t["assembly"] + t["constraint_ptap"]
+        t["linear_solve"] = max(t["snes_total"] - inside, 0.0)
+        return t
 
     def destroy(self):
         """Free PETSc objects (call before the communicator goes away)."""

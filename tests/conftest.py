@@ -17,6 +17,11 @@ import tempfile
 
 import pytest
 
+try:  # the PyPI DOLFINx wheel must be imported before dolfinx/petsc4py
+    import dolfinx_solver  # noqa: F401
+except ImportError:
+    pass
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 

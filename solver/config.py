@@ -1,0 +1,124 @@
+"""Simulation configs: reading YAML and checking every key before any work starts.
+
+A config (``slipstream simulate CONFIG.yaml``) has these sections; every key
+and its default is documented in ``docs/simulate.md``::
+
+    microstructure: {kind: voronoi, cells: [16, 16, 16], size: [1.0e-4, 1.0e-4, 1.0e-4],
+                     grains: 20, seed: 1, texture: random}
+    material: {preset: Cu}
+    boundary: periodic          # or specimen
+    loading: {mode: tension, direction: [1, 0, 0], strain: 0.02, rate: 1.0e-3, increments: 20}
+    output: {every: 1}
+    solver: {stress_tolerance: 1.0, max_cutbacks: 8, petsc_options: {}}
+
+Everything is parsed into plain objects by :func:`prepare_simulation` so that
+a bad key fails in one line before any file is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+import yaml
+
+from .errors import ConfigError, InputFileError
+
+SECTIONS = ("microstructure", "material", "boundary", "loading", "output", "solver")
+OUTPUT_KEYS = {"every": 1, "paraview": True, "plots": True}
+SOLVER_KEYS = {"stress_tolerance": 1.0, "max_cutbacks": 8, "petsc_options": {}}
+BOUNDARIES = ("periodic", "specimen")
+
+
+def load_yaml(path) -> dict:
+    """Read a YAML mapping; missing, unreadable or malformed files raise one-line errors."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise InputFileError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: malformed YAML{where}: {exc.problem}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: malformed YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a YAML mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _section(cfg: dict, name: str, defaults: dict) -> dict:
+    sec = cfg.get(name) or {}
+    if not isinstance(sec, dict):
+        raise ConfigError(f"{name} must be a mapping, got {sec!r}")
+    unknown = set(sec) - set(defaults)
+    if unknown:
+        raise ConfigError(f"{name}: unknown key(s) {sorted(unknown)}; allowed: {sorted(defaults)}")
+    out = dict(defaults)
+    out.update(sec)
+    return out
+
+
+@dataclasses.dataclass
+class SimulationSetup:
+    """Everything a simulation needs, checked."""
+
+    config: dict
+    microstructure: object
+    material: object
+    loading: object
+    boundary: str
+    output: dict
+    solver: dict
+
+
+def prepare_simulation(cfg: dict, base_dir: pathlib.Path | str = ".") -> SimulationSetup:
+    """Check a simulation config and build its objects.
+
+    Args:
+        cfg: the parsed config mapping.
+        base_dir: directory that relative file names are resolved against.
+
+    Raises:
+        ConfigError, InputFileError: one-line messages naming the problem.
+    """
+    from .loading import loading_from_config, specimen_axis
+    from .materials import material_from_config
+    from .microstructure import microstructure_from_config
+
+    unknown = set(cfg) - set(SECTIONS)
+    if unknown:
+        raise ConfigError(f"unknown config section(s) {sorted(unknown)}; allowed: {', '.join(SECTIONS)}")
+    for required in ("microstructure", "loading"):
+        if required not in cfg:
+            raise ConfigError(f"config has no '{required}' section")
+    boundary = cfg.get("boundary", "periodic")
+    if boundary not in BOUNDARIES:
+        raise ConfigError(f"boundary '{boundary}' is unknown; known: {', '.join(BOUNDARIES)}")
+    output = _section(cfg, "output", OUTPUT_KEYS)
+    every = output["every"]
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ConfigError(f"output.every must be a positive integer, got {every!r}")
+    solver = _section(cfg, "solver", SOLVER_KEYS)
+    if not isinstance(solver["petsc_options"], dict):
+        raise ConfigError("solver.petsc_options must be a mapping of PETSc option names to values")
+    try:
+        if not float(solver["stress_tolerance"]) > 0:
+            raise ValueError
+        if int(solver["max_cutbacks"]) < 0:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ConfigError("solver.stress_tolerance must be positive and solver.max_cutbacks >= 0") from None
+
+    material = material_from_config(cfg.get("material") or {"preset": "Cu"})
+    if not isinstance(cfg["microstructure"], dict):
+        raise ConfigError("microstructure must be a mapping with a 'kind'")
+    microstructure = microstructure_from_config(cfg["microstructure"], pathlib.Path(base_dir))
+    lattice = getattr(microstructure, "lattice", None)
+    if lattice is not None and lattice != material.lattice:
+        raise ConfigError(f"the microstructure is {lattice} but material '{material.name}' is {material.lattice}")
+    loading = loading_from_config(cfg["loading"])
+    if boundary == "specimen":
+        specimen_axis(loading)
+    return SimulationSetup(cfg, microstructure, material, loading, boundary, output, solver)
