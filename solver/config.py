@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import re
 
 import yaml
 
@@ -30,13 +31,23 @@ SOLVER_KEYS = {"stress_tolerance": 1.0, "max_cutbacks": 8, "petsc_options": {}}
 BOUNDARIES = ("periodic", "specimen")
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 safe loader that also reads ``1e-4`` (no dot) as a float, as YAML 1.2 and users expect."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)(?:[eE][-+]?[0-9]+)?$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$""", re.X),
+    list("-+0123456789."))
+
+
 def load_yaml(path) -> dict:
     """Read a YAML mapping; missing, unreadable or malformed files raise one-line errors."""
     path = pathlib.Path(path)
     if not path.is_file():
         raise InputFileError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_Loader)  # noqa: S506 (a SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

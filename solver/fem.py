@@ -360,7 +360,7 @@ class CrystalPlasticitySolver:
     def _snes_residual(self, snes, z, rz):
         self._set_displacement(z, self._t_target)
         if not self._evaluate(z, self._dt, tangent=True):
-            snes.setFunctionDomainError()
+            rz.set(np.nan)  # SNES stops with DIVERGED_FNORM_NAN; the step is cut back
             return
         t0 = time.perf_counter()
         with self._r.localForm() as loc:
