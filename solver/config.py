@@ -29,6 +29,7 @@ SECTIONS = ("microstructure", "material", "boundary", "loading", "output", "solv
 OUTPUT_KEYS = {"every": 1, "paraview": True, "plots": True}
 SOLVER_KEYS = {"stress_tolerance": 1.0, "max_cutbacks": 8, "petsc_options": {}}
 BOUNDARIES = ("periodic", "specimen")
+GRIPS = ("clamped", "frictionless")
 
 
 class _Loader(yaml.SafeLoader):
@@ -82,6 +83,7 @@ class SimulationSetup:
     boundary: str
     output: dict
     solver: dict
+    grips: str = "clamped"
 
 
 def prepare_simulation(cfg: dict, base_dir: pathlib.Path | str = ".") -> SimulationSetup:
@@ -104,9 +106,7 @@ def prepare_simulation(cfg: dict, base_dir: pathlib.Path | str = ".") -> Simulat
     for required in ("microstructure", "loading"):
         if required not in cfg:
             raise ConfigError(f"config has no '{required}' section")
-    boundary = cfg.get("boundary", "periodic")
-    if boundary not in BOUNDARIES:
-        raise ConfigError(f"boundary '{boundary}' is unknown; known: {', '.join(BOUNDARIES)}")
+    boundary, grips = _boundary(cfg.get("boundary", "periodic"))
     output = _section(cfg, "output", OUTPUT_KEYS)
     every = output["every"]
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
@@ -132,4 +132,20 @@ def prepare_simulation(cfg: dict, base_dir: pathlib.Path | str = ".") -> Simulat
     loading = loading_from_config(cfg["loading"])
     if boundary == "specimen":
         specimen_axis(loading)
-    return SimulationSetup(cfg, microstructure, material, loading, boundary, output, solver)
+    return SimulationSetup(cfg, microstructure, material, loading, boundary, output, solver, grips)
+
+
+def _boundary(value) -> tuple[str, str]:
+    """``periodic`` | ``specimen`` | ``{kind: specimen, grips: clamped|frictionless}``."""
+    if isinstance(value, dict):
+        unknown = set(value) - {"kind", "grips"}
+        if unknown:
+            raise ConfigError(f"boundary: unknown key(s) {sorted(unknown)}; allowed: ['grips', 'kind']")
+        kind, grips = value.get("kind", "specimen"), value.get("grips", "clamped")
+    else:
+        kind, grips = value, "clamped"
+    if kind not in BOUNDARIES:
+        raise ConfigError(f"boundary '{kind}' is unknown; known: {', '.join(BOUNDARIES)}")
+    if grips not in GRIPS:
+        raise ConfigError(f"boundary.grips '{grips}' is unknown; known: {', '.join(GRIPS)}")
+    return kind, grips

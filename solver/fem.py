@@ -153,8 +153,14 @@ class AffineConstraint:
         return cls(T, lift, free, macro_dofs)
 
     @classmethod
-    def grips(cls, V, loading: Loading, cells, size, origin=(0.0, 0.0, 0.0)):
-        """Specimen: clamped grips on the faces normal to the load axis."""
+    def grips(cls, V, loading: Loading, cells, size, origin=(0.0, 0.0, 0.0), grips="clamped"):
+        """Specimen: grips on the faces normal to the load axis, lateral faces free.
+
+        ``clamped`` grips hold all components; ``frictionless`` grips hold only
+        the axial one, and the rigid modes left (two translations, the spin about
+        the axis) are removed by holding the transverse components at the
+        fixed grip's corner node and one transverse component at a second corner.
+        """
         axis = specimen_axis(loading)
         comm = V.mesh.comm
         im = V.dofmap.index_map
@@ -164,29 +170,41 @@ class AffineConstraint:
         tol = 1e-8 * L
         at_fixed = X[:, axis] < tol
         at_moving = X[:, axis] > L - tol
-        is_free = ~(at_fixed | at_moving)
-        global_node = im.local_to_global(np.arange(n_owned, dtype=np.int32))
-        col_of_class = _number_classes(comm, global_node, is_free, im.size_global, 0)
-        base = col_of_class[global_node]
-        cols = np.stack([np.where(base >= 0, base + c, -1) for c in range(3)], axis=1).reshape(-1, 1)
-        T = _csr_matrix(comm, cols, np.ones_like(cols, dtype=float), 3 * int(is_free.sum()))
+        held = np.zeros((n_owned, 3), dtype=bool)  # which components are prescribed
+        if grips == "clamped":
+            held[at_fixed | at_moving] = True
+        elif grips == "frictionless":
+            held[at_fixed | at_moving, axis] = True
+            t1, t2 = (axis + 1) % 3, (axis + 2) % 3
+            corner = np.all(np.abs(X) < tol, axis=1)
+            held[corner, t1] = held[corner, t2] = True
+            second = at_fixed & (np.abs(X[:, t1] - size[t1]) < tol) & (np.abs(X[:, t2]) < tol)
+            held[second, t2] = True
+        else:
+            raise ConfigError(f"grips '{grips}' is unknown; known: clamped, frictionless")
+        # every (node, component) that is not held is a reduced unknown
+        global_dof = 3 * im.local_to_global(np.arange(n_owned, dtype=np.int32))[:, None] + np.arange(3)
+        col_of_dof = _number_classes(comm, global_dof.ravel(), ~held.ravel(), 3 * im.size_global, 0, block=1)
+        cols = col_of_dof[global_dof.ravel()].reshape(-1, 1)
+        T = _csr_matrix(comm, cols, np.ones_like(cols, dtype=float), int((~held).sum()))
         lift = np.zeros((n_owned, 3, 9))
         # c_0 is the engineering strain along the load frame's first axis
-        lift[at_moving, axis, 0] = L * np.sign(loading.direction[axis])
+        lift[at_moving, axis, 0] = L  # u = strain (d . X) d is +strain L at the far grip for d = +-e_axis
         return cls(T, lift.reshape(3 * n_owned, 9), np.array([], dtype=int), np.array([], dtype=np.int64))
 
 
-def _number_classes(comm, node_class, is_master, n_classes, offset_extra):
-    """Global reduced column (component 0) of every node class; -1 if constrained.
+def _number_classes(comm, node_class, is_master, n_classes, offset_extra, block=3):
+    """Global reduced column (of component 0) of every class; -1 if constrained.
 
-    Masters are owned nodes representing their class; each rank numbers its
-    masters after ``offset_extra`` leading dofs of its own range.
+    Masters are owned entries representing their class, ``block`` reduced dofs
+    each; each rank numbers its masters after ``offset_extra`` leading dofs of
+    its own range.
     """
-    n_local = 3 * int(is_master.sum()) + offset_extra
+    n_local = block * int(is_master.sum()) + offset_extra
     start = comm.exscan(n_local) if comm.size > 1 else 0
     start = start or 0
     table = np.full(n_classes, -1, dtype=np.int64)
-    table[node_class[is_master]] = start + offset_extra + 3 * np.arange(int(is_master.sum()), dtype=np.int64)
+    table[node_class[is_master]] = start + offset_extra + block * np.arange(int(is_master.sum()), dtype=np.int64)
     comm.Allreduce(MPI.IN_PLACE, table, op=MPI.MAX)
     return table
 
@@ -226,12 +244,14 @@ class CrystalPlasticitySolver:
             :class:`solver.constitutive.CrystalPlasticity` interface.
         loading: the macroscopic load.
         boundary: ``"periodic"`` or ``"specimen"``.
+        grips: specimen grips, ``"clamped"`` (all components held) or
+            ``"frictionless"`` (only the axial component; rigid modes pinned).
         petsc_options: overrides of :data:`DEFAULT_PETSC_OPTIONS`.
         stress_tolerance: absolute equilibrium tolerance expressed as a stress (Pa).
         max_cutbacks: how often an increment may be halved.
     """
 
-    def __init__(self, comm, microstructure, constitutive_factory, loading: Loading, boundary="periodic",
+    def __init__(self, comm, microstructure, constitutive_factory, loading: Loading, boundary="periodic", grips="clamped",
                  petsc_options=None, stress_tolerance=1.0, max_cutbacks=8):
         self.comm = comm
         self.loading = loading
@@ -247,7 +267,7 @@ class CrystalPlasticitySolver:
         if boundary == "periodic":
             self.constraint = AffineConstraint.periodic(self.V, loading, cells, size, origin)
         elif boundary == "specimen":
-            self.constraint = AffineConstraint.grips(self.V, loading, cells, size, origin)
+            self.constraint = AffineConstraint.grips(self.V, loading, cells, size, origin, grips)
         else:
             raise ConfigError(f"boundary '{boundary}' is unknown; known: periodic, specimen")
 

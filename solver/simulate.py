@@ -51,7 +51,7 @@ def make_solver(comm, setup: SimulationSetup):
     material = setup.material
     return CrystalPlasticitySolver(
         comm, setup.microstructure, lambda g: CrystalPlasticity(material, g), setup.loading,
-        boundary=setup.boundary, petsc_options=setup.solver["petsc_options"],
+        boundary=setup.boundary, grips=setup.grips, petsc_options=setup.solver["petsc_options"],
         stress_tolerance=float(setup.solver["stress_tolerance"]), max_cutbacks=int(setup.solver["max_cutbacks"]))
 
 
