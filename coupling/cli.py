@@ -48,7 +48,8 @@ def cmd_simulate(args) -> int:
 
     comm = _comm()
     summary = run_simulation(comm, args.config, args.out, overwrite=args.overwrite, quiet=args.quiet)
-    _say(comm, f"done: {summary.get('store')}; pictures in {args.out}/; ParaView: {summary.get('paraview')}")
+    stored = summary.get("store") or "no store (a mesh has no voxel fields)"
+    _say(comm, f"done: {stored}; pictures in {args.out}/; ParaView: {summary.get('paraview')}")
     return 0
 
 

@@ -260,10 +260,37 @@ class CrystalPlasticitySolver:
         self.ms = microstructure
         # wall-clock split (s); linear solve = snes_total - the others inside SNES
         self.timings = dict.fromkeys(("interpolation", "constitutive", "assembly", "constraint_ptap", "snes_total"), 0.0)
-        cells, size = microstructure.cells, microstructure.size
-        origin = getattr(microstructure, "origin", np.zeros(3))
-        self.mesh, self.voxel = voxel_mesh(comm, cells, size, origin)
-        self.V = fem.functionspace(self.mesh, ("Lagrange", 1, (3,)))
+        from .microstructure import MeshPolycrystal
+
+        if isinstance(microstructure, MeshPolycrystal):
+            # grain-conforming tetrahedra: quadratic elements against volumetric locking
+            from .gmsh_polycrystal import load_gmsh_polycrystal
+
+            self.mesh, cell_tags, _ = load_gmsh_polycrystal(microstructure.file, comm)
+            n_owned = self.mesh.topology.index_map(3).size_local
+            tag = np.zeros(n_owned, dtype=np.int64)
+            owned = cell_tags.indices < n_owned
+            tag[cell_tags.indices[owned]] = cell_tags.values[owned]
+            self.cell_grain = tag - 1
+            n_grains = comm.allreduce(int(self.cell_grain.max(initial=-1)) + 1, op=MPI.MAX)
+            g_cells = microstructure.grain_orientations(n_grains)[self.cell_grain]
+            x = self.mesh.geometry.x
+            lo, hi = x.min(axis=0), x.max(axis=0)
+            comm.Allreduce(MPI.IN_PLACE, lo, op=MPI.MIN)
+            comm.Allreduce(MPI.IN_PLACE, hi, op=MPI.MAX)
+            origin, size, cells = lo, hi - lo, None
+            self.voxel = None
+            degree = 2
+            if boundary != "specimen":
+                raise ConfigError("a gmsh mesh microstructure needs boundary 'specimen' (periodic needs a voxel grid)")
+        else:
+            cells, size = microstructure.cells, microstructure.size
+            origin = getattr(microstructure, "origin", np.zeros(3))
+            self.mesh, self.voxel = voxel_mesh(comm, cells, size, origin)
+            self.cell_grain = microstructure.grain_id.reshape(-1)[self.voxel]
+            g_cells = microstructure.orientation_matrices().reshape(-1, 3, 3)[self.voxel]
+            degree = 1
+        self.V = fem.functionspace(self.mesh, ("Lagrange", degree, (3,)))
         if boundary == "periodic":
             self.constraint = AffineConstraint.periodic(self.V, loading, cells, size, origin)
         elif boundary == "specimen":
@@ -275,7 +302,7 @@ class CrystalPlasticitySolver:
         cell = self.mesh.basix_cell()
         qe_P = basix.ufl.quadrature_element(cell, value_shape=(3, 3), degree=2)
         qe_A = basix.ufl.quadrature_element(cell, value_shape=(3, 3, 3, 3), degree=2)
-        points, _ = basix.make_quadrature(basix.CellType.hexahedron, 2)
+        points, _ = basix.make_quadrature(cell, 2)
         self.n_qp = points.shape[0]
         self.P_q = fem.Function(fem.functionspace(self.mesh, qe_P))
         self.A_q = fem.Function(fem.functionspace(self.mesh, qe_A))
@@ -291,9 +318,14 @@ class CrystalPlasticitySolver:
         self._jacobian_form = fem.form(self.A_q[i, j, k, l] * ufl.grad(du)[k, l] * ufl.grad(v)[i, j] * dx)
         self._grad_u = fem.Expression(ufl.grad(self.u), points)
 
+        # reference volume of every Gauss point (equal on a voxel grid, not on a tetrahedral mesh)
+        _, qw = basix.make_quadrature(cell, 2)
+        W0 = fem.functionspace(self.mesh, ("DG", 0))
+        volume = dolfinx.fem.assemble_vector(fem.form(ufl.TestFunction(W0) * ufl.dx)).array[: self.n_cells]
+        self.qp_volume = (volume[:, None] * (qw / qw.sum())[None, :]).reshape(-1)
+
         # per-point orientations and the constitutive kernel
-        g_vox = microstructure.orientation_matrices().reshape(-1, 3, 3)
-        self.orientations = np.repeat(g_vox[self.voxel], self.n_qp, axis=0)
+        self.orientations = np.repeat(g_cells, self.n_qp, axis=0)
         self.kernel = constitutive_factory(self.orientations)
         self.state = self.kernel.initial_state()
         self._trial = None
@@ -319,7 +351,11 @@ class CrystalPlasticitySolver:
 
         opts = dict(DEFAULT_PETSC_OPTIONS)
         opts.update(petsc_options or {})
-        h = np.asarray(size, dtype=float) / np.asarray(cells)
+        if cells is not None:
+            h = np.asarray(size, dtype=float) / np.asarray(cells)
+        else:  # a typical element size from the cell count
+            n_cells = comm.allreduce(self.n_cells, op=MPI.SUM)
+            h = np.full(3, (np.prod(size) / n_cells) ** (1.0 / 3.0))
         face = float(np.mean([h[0] * h[1], h[1] * h[2], h[0] * h[2]]))
         opts.setdefault("snes_atol", float(stress_tolerance) * face)
         self.snes = PETSc.SNES().create(comm)
@@ -457,14 +493,14 @@ class CrystalPlasticitySolver:
     def macro_fields(self):
         """Volume averages over the whole cell: ``(F_mean, cauchy_mean, P_mean)``.
 
-        Cauchy is averaged over the current volume, ``sum(P F^T) / sum(J)``;
-        ``F`` and ``P`` over the reference volume (all Gauss weights are equal
-        on a voxel grid).
+        Cauchy is averaged over the current volume, ``sum(w P F^T) / sum(w J)``;
+        ``F`` and ``P`` over the reference volume (``w``: the Gauss points'
+        reference volumes).
         """
-        F, P = self.F_qp, self.P_qp
+        F, P, w = self.F_qp, self.P_qp, self.qp_volume
         J = np.linalg.det(F)
-        loc = np.concatenate([F.sum(0).ravel(), P.sum(0).ravel(), (P @ np.swapaxes(F, 1, 2)).sum(0).ravel(),
-                              [J.sum(), F.shape[0]]])
+        loc = np.concatenate([np.einsum("n,nij->ij", w, F).ravel(), np.einsum("n,nij->ij", w, P).ravel(),
+                              np.einsum("n,nij->ij", w, P @ np.swapaxes(F, 1, 2)).ravel(), [w @ J, w.sum()]])
         tot = np.zeros_like(loc)
         self.comm.Allreduce(loc, tot, op=MPI.SUM)
         n = tot[-1]
@@ -500,7 +536,12 @@ class CrystalPlasticitySolver:
         }
 
     def gather_voxel_fields(self, fields: dict, root=0):
-        """Gather per-cell arrays into ``(nz, ny, nx, ...)`` voxel arrays on ``root``."""
+        """Gather per-cell arrays into ``(nz, ny, nx, ...)`` voxel arrays on ``root``.
+
+        Returns ``None`` on the other ranks, and everywhere for a mesh (no voxels).
+        """
+        if self.voxel is None:
+            return None
         nx, ny, nz = self.ms.cells
         gathered = self.comm.gather((self.voxel, fields), root=root)
         if self.comm.rank != root:

@@ -230,7 +230,38 @@ _KIND_KEYS = {
     "voronoi": {"kind", "cells", "size", "grains", "seed", "periodic", "texture"},
     "ebsd": {"kind", "file", "misorientation_threshold", "confidence_threshold", "thickness"},
     "grid": {"kind", "file", "misorientation_threshold"},
+    "mesh": {"kind", "file", "texture", "seed"},
 }
+
+
+@dataclasses.dataclass(repr=False)
+class MeshPolycrystal:
+    """A grain-conforming gmsh mesh (``.msh``, physical volume tag = grain id + 1).
+
+    The mesh itself is read collectively when the solver is built
+    (:func:`solver.gmsh_polycrystal.load_gmsh_polycrystal`); grain orientations
+    are drawn from ``texture`` with ``seed`` (one per grain, in grain-id order).
+
+    Attributes:
+        file: the ``.msh`` file.
+        texture: texture spec as in :mod:`solver.textures`.
+        seed: random seed of the orientations.
+        lattice: None (taken from the material).
+    """
+
+    file: pathlib.Path
+    texture: object = "random"
+    seed: int = 0
+    lattice: str | None = None
+
+    def grain_orientations(self, n_grains: int) -> np.ndarray:
+        """``(n_grains, 3, 3)`` passive orientation matrices, reproducible from the seed."""
+        from . import textures
+
+        return textures.sample_orientations(self.texture, n_grains, np.random.default_rng(self.seed))
+
+    def __repr__(self) -> str:
+        return f"MeshPolycrystal({self.file.name}, texture={self.texture!r}, seed={self.seed})"
 
 
 def microstructure_from_config(cfg: dict, base_dir: pathlib.Path) -> Microstructure:
@@ -270,7 +301,28 @@ def microstructure_from_config(cfg: dict, base_dir: pathlib.Path) -> Microstruct
                           f"(allowed: {', '.join(sorted(_KIND_KEYS[kind] - {'kind'}))})")
     if kind == "voronoi":
         return _from_voronoi(cfg)
+    if kind == "mesh":
+        return _from_mesh(cfg, pathlib.Path(base_dir))
     return _from_file(cfg, kind, pathlib.Path(base_dir))
+
+
+def _from_mesh(cfg: dict, base_dir: pathlib.Path) -> MeshPolycrystal:
+    from . import textures
+
+    if "file" not in cfg:
+        raise ConfigError("microstructure (mesh): needs 'file' (a gmsh .msh with grains as physical volumes)")
+    path = pathlib.Path(cfg["file"])
+    path = path if path.is_absolute() else base_dir / path
+    if path.suffix.lower() != ".msh":
+        raise InputFileError(f"{path.name}: a mesh microstructure must be a gmsh .msh file")
+    if not path.is_file():
+        raise InputFileError(f"{path}: no such file")
+    seed = cfg.get("seed", 0)
+    if not _is_int(seed) or seed < 0:
+        raise ConfigError(f"microstructure.seed must be a non-negative integer, got {seed!r}")
+    texture = cfg.get("texture", "random")
+    textures.sample_orientations(texture, 1, np.random.default_rng(0))  # checks the texture spec now
+    return MeshPolycrystal(path, texture, int(seed))
 
 
 def _from_voronoi(cfg: dict) -> Microstructure:

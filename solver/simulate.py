@@ -110,6 +110,13 @@ def solve_sample(comm, setup: SimulationSetup, progress: Progress | None = None,
         solver.destroy()
     if comm.rank != 0:
         return None, stats
+    if per_step[0][0] is None:  # a mesh: no voxel fields, only the macroscopic history
+        from .tensors import hencky_strain
+
+        return {"time": np.asarray(times), "macro_stress": np.stack([to_voigt(c) for _, c, _ in per_step]),
+                "macro_strain": np.stack([to_voigt(hencky_strain(F)) for _, _, F in per_step]),
+                "wall_time": time.perf_counter() - wall0, "increments": stats["increments"],
+                "newton_iterations": int(np.sum(stats["newton_iterations"])), "cutbacks": stats["cutbacks"]}, stats
     fields = _store_fields(setup, per_step, times, n_slip)
     fields["wall_time"] = time.perf_counter() - wall0
     fields["increments"] = stats["increments"]
@@ -160,6 +167,8 @@ class _ParaViewWriter:
             self.file.write_mesh(solver.mesh)
             W = fem.functionspace(solver.mesh, ("DG", 0))
             W3 = fem.functionspace(solver.mesh, ("DG", 0, (3,)))
+            # XDMF wants the displacement at the mesh's (linear) geometry nodes
+            self.u1 = fem.Function(fem.functionspace(solver.mesh, ("Lagrange", 1, (3,))), name="displacement")
             self.functions = {"von_mises_stress": fem.Function(W, name="von_mises_stress"),
                               "accumulated_slip": fem.Function(W, name="accumulated_slip"),
                               "grain_id": fem.Function(W, name="grain_id"),
@@ -169,11 +178,12 @@ class _ParaViewWriter:
         f = self.functions
         f["von_mises_stress"].x.array[:n] = von_mises_stress(cf["stress"])
         f["accumulated_slip"].x.array[:n] = cf["accumulated_slip"].sum(axis=1)
-        f["grain_id"].x.array[:n] = solver.ms.grain_id.reshape(-1)[solver.voxel]
+        f["grain_id"].x.array[:n] = solver.cell_grain
         f["euler"].x.array[: 3 * n] = matrix_to_euler(cf["orientation"]).reshape(-1)
         for fn in f.values():
             fn.x.scatter_forward()
-        self.file.write_function(solver.u, solver.t)
+        self.u1.interpolate(solver.u)
+        self.file.write_function(self.u1, solver.t)
         for fn in f.values():
             self.file.write_function(fn, solver.t)
 
@@ -198,6 +208,8 @@ def write_pictures(out: pathlib.Path, fields: dict, setup: SimulationSetup) -> l
         [e_dir], [s_dir], out / "stress_strain.png",
         xlabel="true (Hencky) strain along the load direction",
         ylabel="true (Cauchy) stress along the load direction", labels=[setup.loading.mode]))
+    if "euler" not in fields:  # a mesh: the curve (and the ParaView file) only
+        return pngs
     lattice = setup.material.lattice
     pngs.append(plots.ipf_map(fields["euler0"], out / "ipf_initial.png", lattice=lattice,
                               title="IPF-Z, initial orientation"))
@@ -250,14 +262,15 @@ def run_simulation(comm, config_path, out, overwrite=False, quiet=False) -> dict
     progress = Progress(comm, setup.loading.increments, enabled=not quiet)
     paraview = _ParaViewWriter(out / "fields.xdmf") if setup.output["paraview"] else None
     group = None
-    if comm.rank == 0:
+    voxels = hasattr(setup.microstructure, "euler")
+    if comm.rank == 0 and voxels:
         group = store.create_store(results, n_samples=1, grid_shape=setup.microstructure.shape, n_steps=n_steps,
                                    n_slip=setup.material.n_slip, config=cfg, material=setup.material.as_dict(),
                                    lattice=setup.material.lattice)
     try:
         fields, stats = solve_sample(comm, setup, progress, on_step=paraview)
     except SlipstreamError as exc:
-        if comm.rank == 0:
+        if group is not None:
             store.mark_failed(group, 0, str(exc))
             store.consolidate(results)
         raise
@@ -266,16 +279,17 @@ def run_simulation(comm, config_path, out, overwrite=False, quiet=False) -> dict
             paraview.close()
     summary = {}
     if comm.rank == 0:
-        store.write_sample(group, 0, fields)
-        store.mark_done(group, 0)
-        store.consolidate(results)
+        if group is not None:
+            store.write_sample(group, 0, fields)
+            store.mark_done(group, 0)
+            store.consolidate(results)
         pngs = write_pictures(out, fields, setup) if setup.output["plots"] else []
         d = setup.loading.direction
         from .tensors import from_voigt
 
         s_last = float(d @ from_voigt(fields["macro_stress"][-1]) @ d)
         summary = {
-            "store": str(results),
+            "store": str(results) if group is not None else None,
             "paraview": str(out / "fields.xdmf") if paraview else None,
             "pictures": [str(p) for p in pngs],
             "final_stress_along_load_MPa": s_last / 1e6,
