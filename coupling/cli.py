@@ -80,6 +80,59 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_campaign(args) -> int:
+    from solver.campaign import run_campaign
+    from solver.errors import SlipstreamError
+
+    comm = _comm()
+    try:
+        run_campaign(comm, args.config, args.store, ranks_per_sample=args.ranks_per_sample, extend=args.extend,
+                     quiet=args.quiet)
+    except SlipstreamError:
+        raise
+    except BaseException:
+        # a bug on one rank must not leave the others waiting in a collective call forever
+        if comm.size > 1:
+            import traceback
+
+            traceback.print_exc()
+            sys.stderr.flush()
+            comm.Abort(1)
+        raise
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    import json
+
+    from solver import campaign
+    from solver.errors import StoreError
+
+    if args.plot and args.sample is None:
+        raise StoreError("--plot needs --sample I")
+    if args.plot and not args.out:
+        raise StoreError("--plot needs --out DIR for the pictures")
+    info = campaign.inspect_store(args.store)
+    print(json.dumps(info, indent=2) if args.json else campaign.format_inspect(info))
+    if args.sample is not None:
+        print(campaign.describe_sample(args.store, args.sample))
+    if args.plot:
+        for png in campaign.plot_sample(args.store, args.sample, args.out):
+            print(f"wrote {png}")
+    return 0
+
+
+def cmd_fdm(args) -> int:
+    from solver.fdm import describe, run_fdm
+
+    comm = _comm()
+    summary = run_fdm(comm, args.config, args.out, overwrite=args.overwrite)
+    if comm.rank == 0:
+        print(f"done: {describe(summary)}", flush=True)
+        print(f"fields: {summary['fields']}; ParaView: {summary['paraview']}; pictures in {args.out}/", flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="slipstream", description="Surrogate-coupled crystal plasticity on DOLFINx.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -91,9 +144,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no per-increment progress lines")
     s.set_defaults(func=cmd_simulate)
 
+    f = sub.add_parser("fdm", help="field dislocation mechanics: stress field of dislocations or a Nye field")
+    f.add_argument("config", help="YAML config (see docs/fdm.md)")
+    f.add_argument("--out", required=True, help="run directory for fields.zarr, fields.xdmf and PNGs")
+    f.add_argument("--overwrite", action="store_true", help="replace an existing fields.zarr in --out")
+    f.set_defaults(func=cmd_fdm)
+
     d = sub.add_parser("demo", help="run the small embedded polycrystal end to end and make pictures")
     d.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
     d.set_defaults(func=cmd_demo)
+
+    c = sub.add_parser("campaign", help="solve many samples (microstructure x load) into one resumable Zarr store "
+                                        "(serial or mpirun)")
+    c.add_argument("config", help="campaign YAML (see docs/campaign.md)")
+    c.add_argument("--store", required=True, help="Zarr store: created if missing, resumed if it exists")
+    c.add_argument("--ranks-per-sample", type=int, default=1, metavar="K",
+                   help="ranks that share one sample (divides the number of ranks; default 1)")
+    c.add_argument("--extend", action="store_true",
+                   help="grow a store made by the same config with fewer samples")
+    c.add_argument("--quiet", action="store_true", help="no per-sample progress lines")
+    c.set_defaults(func=cmd_campaign)
+
+    i = sub.add_parser("inspect", help="counts, failures, sizes and config of a campaign store; plots of a sample")
+    i.add_argument("store", help="campaign Zarr store")
+    i.add_argument("--sample", type=int, metavar="I", help="describe sample I")
+    i.add_argument("--plot", action="store_true", help="write PNGs of sample I (needs --sample and --out)")
+    i.add_argument("--out", help="directory for the PNGs of --plot")
+    i.add_argument("--json", action="store_true", help="print the summary as JSON")
+    i.set_defaults(func=cmd_inspect)
     return p
 
 

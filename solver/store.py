@@ -603,3 +603,52 @@ def pending_samples(group: zarr.Group, *, include_failed: bool = True) -> np.nda
     status = sample_status(group)
     todo = status != DONE if include_failed else status == PENDING
     return np.flatnonzero(todo)
+
+
+def extend_store(path: str | Path, n_samples: int, config: Mapping[str, Any]) -> zarr.Group:
+    """Grow a campaign store to ``n_samples`` samples (the new ones pending). Rank 0 only, before any writer.
+
+    The one exception to "no array is ever resized", for ``slipstream campaign
+    --extend``: the caller has checked that ``config`` differs from the stored
+    one only in the number of samples. With one sample per chunk, growing an
+    array rewrites only its metadata; existing chunks (and so every written
+    sample and its status) are untouched, and new samples read as fill values
+    (``status`` 0, pending).
+
+    Crash safety: the consolidated metadata are dropped first, then every
+    array is resized, then the root attributes (``config``, its fingerprint,
+    ``n_samples``, ``dimensions``) are replaced in one write. A crash before that
+    last write leaves the old attributes with arrays that may be longer;
+    calling this function again (same or larger ``n_samples``) completes it.
+    Call :func:`consolidate` when the campaign ends.
+
+    Args:
+        path: the store.
+        n_samples: the new number of samples (at least the stored one).
+        config: the new full config (JSON-able); stored with its fingerprint.
+
+    Returns:
+        The root group, open for writing.
+
+    Raises:
+        StoreError: ``n_samples`` is below the stored count, or no store at ``path``.
+        ConfigError: ``n_samples`` is not a positive integer or ``config`` is not JSON-able.
+    """
+    n = _positive_int(n_samples, "n_samples")
+    config_json = _jsonable(config, "config")
+    group = open_store(path, "r+")  # the live metadata, not the consolidated snapshot
+    attrs = group.attrs.asdict()
+    old = int(attrs.get("n_samples", 0))
+    if n < old:
+        raise StoreError(f"{path} holds {old} samples; a store cannot shrink to {n}")
+    # rewriting the root attributes drops a stale consolidated snapshot before shapes change
+    group.attrs.put({**attrs, "extending_to": n})
+    for name in group.array_keys():
+        arr = group[name]
+        if arr.shape[0] != n:
+            arr.resize((n,) + tuple(arr.shape[1:]))
+    attrs.update({"config": config_json, "config_fingerprint": config_fingerprint(config_json), "n_samples": n,
+                  "dimensions": {**attrs.get("dimensions", {}), "sample": n}})
+    attrs.pop("extending_to", None)
+    group.attrs.put(attrs)  # one write; schema stays
+    return open_store(path, "r+")
