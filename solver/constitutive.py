@@ -33,7 +33,7 @@ the update stays one backward-Euler step). A point that does not converge is
 flagged (``converged = False``) and returns the elastic-trial stress, never NaN.
 The tangent follows from the implicit function theorem at the converged state,
 including the hardening coupling, so it is exact for the discrete update.
-The kernel is compiled with numba (cached) and runs in parallel over points.
+The kernel is compiled with numba (cached on disk, ``cache=True``).
 
 References:
     F. Roters et al., DAMASK, Comput. Mater. Sci. 158 (2019) 420-478.
@@ -89,13 +89,10 @@ class CrystalPlasticity:
             (new state); it only changes where Newton starts, not the answer
             (beyond the tolerance). False gives results that do not depend on
             earlier calls at all.
-        threads: numba threads for the kernel (default: numba's setting,
-            ``NUMBA_NUM_THREADS``); use 1 under MPI with one rank per core.
     """
 
     def __init__(self, material: Material, orientations: np.ndarray, *,
-                 tolerance: float = 1e-10, max_iterations: int = 12, warm_start: bool = True,
-                 threads: int | None = None):
+                 tolerance: float = 1e-10, max_iterations: int = 12, warm_start: bool = True):
         if not isinstance(material, Material):
             raise TypeError(f"material must be a solver.materials.Material, got {type(material).__name__}")
         g0 = np.array(orientations, dtype=float)
@@ -116,7 +113,6 @@ class CrystalPlasticity:
         self.tolerance = float(tolerance)
         self.max_iterations = int(max_iterations)
         self.warm_start = bool(warm_start)
-        self.threads = threads
         m, n = slip_systems(material.lattice)
         self._schmid = np.ascontiguousarray((m[:, :, None] * n[:, None, :]).reshape(-1, 9))
         self._h = np.ascontiguousarray(material.interaction_matrix())
@@ -208,14 +204,8 @@ class CrystalPlasticity:
         dPdF = np.empty((n, 3, 3, 3, 3)) if tangent else np.empty((1, 3, 3, 3, 3))
         conv = np.zeros(n, dtype=np.bool_)
         iters = np.zeros(n, dtype=np.int64)
-        threads = numba.get_num_threads()
-        if self.threads is not None:
-            numba.set_num_threads(max(1, min(int(self.threads), numba.config.NUMBA_NUM_THREADS)))
-        try:
-            _kernel(F, L, xi_n, guess_dg, guess_x, use_guess, self._schmid, self._h, self._xi_inf,
-                    prm, self.max_iterations, tangent, dgamma, xi, A, P, dPdF, conv, iters)
-        finally:
-            numba.set_num_threads(threads)
+        _kernel(F, L, xi_n, guess_dg, guess_x, use_guess, self._schmid, self._h, self._xi_inf,
+                prm, self.max_iterations, tangent, dgamma, xi, A, P, dPdF, conv, iters)
         conv &= ~bad
         self.last_iterations = iters
         if self.warm_start:
@@ -303,7 +293,10 @@ _jit = numba.njit(cache=True, error_model="numpy")
 
 # 3x3 work matrices
 _A, _B, _CE, _S, _M, _E, _DCE, _DS, _DM, _X, _Y, _Z, _DA, _SIG, _DSIG, _LSL, _G, _CTR, _D, _CLAM = range(20)
-_NMAT = 20
+_QV = 20            # 6 more: G dSigma_v L^T for the symmetric unit stretches v
+_NMAT = 26
+_VI = (0, 1, 2, 1, 0, 0)
+_VJ = (0, 1, 2, 2, 2, 1)
 # per-system work vectors
 (_TAU, _R, _Q, _HP, _QP, _F, _FP, _C, _JGX, _JXX, _DIR, _DX, _DGT, _XT, _DG0, _X0, _DGR, _XR,
  _RHS, _LO, _HI, _QS, _DG, _XI) = range(24)
@@ -314,10 +307,10 @@ _K, _W, _T = range(3)
 _C11, _C12, _C44, _KDT, _NEXP, _NINT, _H0, _AEXP, _TOL = range(9)
 
 # Newton and continuation settings (see docs/constitutive.md)
-_C_SWITCH = 0.1     # rate/stress form switch, fraction of the slip that relaxes the trial stress
+_C_SWITCH = 0.03     # rate/stress form switch, fraction of the slip that relaxes the trial stress
 _STEP_CAP = 0.05    # largest change of a slip increment per Newton iteration
 _S_RISE = 0.5       # largest rise of |tau/xi| per iteration past the switch level (in its units)
-_LAM_DIRECT = 2.0   # solve directly when the trial |tau/xi| stays below this
+_LAM_DIRECT = 1e9   # solve directly when the trial |tau/xi| stays below this
 _LAM_FIRST = 1.5    # first continuation target: trial |tau/xi| about this
 _LAM_GROWTH = 4.0   # continuation step growth after a success
 _MAX_STEPS = 60     # continuation steps
@@ -794,50 +787,59 @@ def _finish_point(p, F, L, xi_n, Pf, H, xi_inf, prm, ok, want_tangent, mt, v, mm
     rhs = v[_RHS]
     _mm(Lp, Sig, X)
     _mmt(X, Lp, LSL)
+    # dSigma is linear in the symmetric dCe_trial: chain through the 6 unit stretches
+    for vv in range(6):
+        for i in range(3):
+            for j in range(3):
+                Z[i, j] = 0.0
+        Z[_VI[vv], _VJ[vv]] = 1.0
+        Z[_VJ[vv], _VI[vv]] = 1.0
+        _dtau_fixed_slip(Z, Pf, prm, mt, rhs)     # leaves dCe = A^T dCe_tr A
+        if factored:
+            for a in range(ns):
+                rhs[a] *= v[_HP, a] / x[a]       # -dr/dCe_tr
+            _lu_solve(mm[_K], piv, rhs)          # d dgamma
+        else:
+            for a in range(ns):
+                rhs[a] = 0.0
+        # dA = -sum ddg P ; dCe_total = dA^T B + B^T dA + dCe
+        for i in range(3):
+            for j in range(3):
+                acc = 0.0
+                ij = 3 * i + j
+                for a in range(ns):
+                    acc -= rhs[a] * Pf[a, ij]
+                dA[i, j] = acc
+        _mtm(dA, B, X)
+        for i in range(3):
+            for j in range(3):
+                E[i, j] = 0.5 * (X[i, j] + X[j, i] + dCe[i, j])
+        _cubic(prm[_C11], prm[_C12], prm[_C44], E, dS)
+        # dSigma = dA S A^T + A dS A^T + A S dA^T
+        _mm(dA, S, X)
+        _mmt(X, A, Z)
+        _mm(A, dS, X)
+        _mmt(X, A, Y)
+        for i in range(3):
+            for j in range(3):
+                dSig[i, j] = Z[i, j] + Y[i, j] + Z[j, i]
+        _mm(G, dSig, X)
+        _mmt(X, Lp, mt[_QV + vv])
+    # dF = e_k (x) e_l gives dCe_tr = X + X^T, X_ij = G_ki L_lj; dP = e_k (x) (L Sigma L^T)_l + G dSigma L^T
     for kk in range(3):
         for ll in range(3):
-            # dCe_trial for dF = e_k (x) e_l:  G_ki L_lj + G_kj L_li
             for i in range(3):
                 for j in range(3):
-                    Z[i, j] = G[kk, i] * Lp[ll, j] + G[kk, j] * Lp[ll, i]
-            _dtau_fixed_slip(Z, Pf, prm, mt, rhs)     # leaves dCe = A^T dCe_tr A
-            if factored:
-                for a in range(ns):
-                    rhs[a] *= v[_HP, a] / x[a]       # -dr/dF
-                _lu_solve(mm[_K], piv, rhs)          # d dgamma
-            else:
-                for a in range(ns):
-                    rhs[a] = 0.0
-            # dA = -sum ddg P ; dCe_total = dA^T B + B^T dA + dCe
-            for i in range(3):
-                for j in range(3):
-                    acc = 0.0
-                    ij = 3 * i + j
-                    for a in range(ns):
-                        acc -= rhs[a] * Pf[a, ij]
-                    dA[i, j] = acc
-            _mtm(dA, B, X)
-            for i in range(3):
-                for j in range(3):
-                    E[i, j] = 0.5 * (X[i, j] + X[j, i] + dCe[i, j])
-            _cubic(prm[_C11], prm[_C12], prm[_C44], E, dS)
-            # dSigma = dA S A^T + A dS A^T + A S dA^T
-            _mm(dA, S, X)
-            _mmt(X, A, Z)
-            _mm(A, dS, X)
-            _mmt(X, A, Y)
-            for i in range(3):
-                for j in range(3):
-                    dSig[i, j] = Z[i, j] + Y[i, j] + Z[j, i]
-            # dP = e_k (x) (L Sigma L^T)_l + G dSigma L^T
-            _mm(G, dSig, X)
-            _mmt(X, Lp, Y)
-            for i in range(3):
-                for j in range(3):
-                    T_out[p, i, j, kk, ll] = Y[i, j] + (LSL[ll, j] if i == kk else 0.0)
+                    acc = LSL[ll, j] if i == kk else 0.0
+                    for vv in range(6):
+                        a_, b_ = _VI[vv], _VJ[vv]
+                        cv = G[kk, a_] * Lp[ll, b_] + G[kk, b_] * Lp[ll, a_]   # dCe_tr[a_, b_]
+                        acc += cv * mt[_QV + vv, i, j]
+                    T_out[p, i, j, kk, ll] = acc
 
 
-@numba.njit(cache=True, error_model="numpy", parallel=True)
+# serial: under MPI each rank owns a core (parallel=True works too, but compiles slower)
+@_jit
 def _kernel(F, L, xi_n_all, guess_dg, guess_x, use_guess, Pf, H, xi_inf, prm, max_iter,
             want_tangent, dg_out, xi_out, A_out, P_out, T_out, conv_out, iter_out):
     npts = F.shape[0]
