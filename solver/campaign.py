@@ -522,7 +522,7 @@ def open_or_create_store(spec: CampaignSpec, path, *, extend: bool = False):
     path = pathlib.Path(path)
     create_kw = dict(n_samples=spec.samples, grid_shape=spec.grid_shape, n_steps=spec.n_steps,
                      n_slip=spec.n_slip, config=spec.config, material=spec.store_material(),
-                     lattice=spec.lattice)
+                     lattice=spec.lattice, with_nye=True)
     empty_dir = path.is_dir() and not any(path.iterdir())
     if not (path.exists() or path.is_symlink()) or empty_dir:
         try:

@@ -514,7 +514,8 @@ class CrystalPlasticitySolver:
 
         Keys: ``stress`` (Cauchy, (n,3,3)), ``strain`` (Hencky ln V, (n,3,3)),
         ``orientation`` (passive matrices, (n,3,3)), ``accumulated_slip`` and
-        ``slip_resistance`` ((n, n_slip)), ``deformation_gradient`` ((n,3,3)).
+        ``slip_resistance`` ((n, n_slip)), ``deformation_gradient`` and
+        ``plastic_deformation`` ((n,3,3)).
         """
         nq = self.n_qp
         F, P = self.F_qp, self.P_qp
@@ -533,6 +534,8 @@ class CrystalPlasticitySolver:
             "accumulated_slip": cell_mean(self.state.get("accumulated_slip", np.zeros((F.shape[0], 0)))),
             "slip_resistance": cell_mean(self.state.get("slip_resistance", np.zeros((F.shape[0], 0)))),
             "deformation_gradient": cell_mean(F),
+            "plastic_deformation": cell_mean(self.state.get("plastic_deformation",
+                                                            np.broadcast_to(np.eye(3), F.shape))),
         }
 
     def gather_voxel_fields(self, fields: dict, root=0):

@@ -25,6 +25,10 @@ from .rotations import matrix_to_euler
 from .tensors import to_voigt, von_mises_strain, von_mises_stress
 
 
+# Burgers vector length a/sqrt(2) (FCC) of the presets, for the GND-density picture only
+BURGERS_VECTOR = {"Cu": 2.556e-10, "Al": 2.863e-10, "Al-DAMASK": 2.863e-10}
+
+
 class Progress:
     """One line per increment from rank 0: where we are, what it costs, ETA."""
 
@@ -129,7 +133,13 @@ def _store_fields(setup, per_step, times, n_slip):
     """Stack the per-step voxel fields into the store's arrays."""
     from .tensors import hencky_strain
 
+    from . import nye
+
     ms, loading = setup.microstructure, setup.loading
+    # Nye tensor -Curl Fp of the cell-average plastic deformation (docs/fdm.md, solver/nye.py)
+    periodic = setup.boundary == "periodic"
+    alpha = nye.store_field(np.stack([vf["plastic_deformation"] for vf, _, _ in per_step]), ms.spacing,
+                            periodic=(periodic, periodic, periodic))
     stress = np.stack([to_voigt(vf["stress"]) for vf, _, _ in per_step])
     strain = np.stack([to_voigt(vf["strain"]) for vf, _, _ in per_step])
     return {
@@ -149,6 +159,7 @@ def _store_fields(setup, per_step, times, n_slip):
         "von_mises_strain": np.stack([von_mises_strain(vf["strain"]) for vf, _, _ in per_step]),
         "macro_stress": np.stack([to_voigt(c) for _, c, _ in per_step]),
         "macro_strain": np.stack([to_voigt(hencky_strain(F)) for _, _, F in per_step]),
+        "nye": alpha,
     }
 
 
@@ -219,6 +230,12 @@ def write_pictures(out: pathlib.Path, fields: dict, setup: SimulationSetup) -> l
                                 title="von Mises stress, last step", unit="MPa"))
     pngs.append(plots.field_map(np.asarray(fields["slip"][-1]).sum(axis=-1), out / "accumulated_slip.png",
                                 title="accumulated slip (all systems), last step", unit="1", cmap="magma"))
+    from .nye import from_tensor9, gnd_density
+
+    burgers = BURGERS_VECTOR.get(setup.material.name, 2.5e-10)
+    rho = gnd_density(from_tensor9(np.asarray(fields["nye"][-1], dtype=float)), burgers)
+    pngs.append(plots.field_map(rho, out / "gnd_density.png", unit="1/m^2", cmap="inferno",
+                                title=f"GND density |alpha|/b (b = {burgers * 1e9:.4g} nm), last step"))
     pngs.append(plots.pole_figures(fields["euler0"].reshape(-1, 3), out / "pole_figures_initial.png",
                                    title="initial texture"))
     pngs.append(plots.pole_figures(np.asarray(fields["euler"][-1]).reshape(-1, 3), out / "pole_figures_final.png",
@@ -266,7 +283,7 @@ def run_simulation(comm, config_path, out, overwrite=False, quiet=False) -> dict
     if comm.rank == 0 and voxels:
         group = store.create_store(results, n_samples=1, grid_shape=setup.microstructure.shape, n_steps=n_steps,
                                    n_slip=setup.material.n_slip, config=cfg, material=setup.material.as_dict(),
-                                   lattice=setup.material.lattice)
+                                   lattice=setup.material.lattice, with_nye=True)
     try:
         fields, stats = solve_sample(comm, setup, progress, on_step=paraview)
     except SlipstreamError as exc:

@@ -44,7 +44,8 @@ def test_simulate_writes_store_paraview_and_pictures(tempdir, run_cli):
     assert proc.stdout.count("[3/3]") == 1
     out = tempdir / "run"
     for name in ("stress_strain.png", "ipf_initial.png", "ipf_final.png", "von_mises_stress.png",
-                 "pole_figures_initial.png", "pole_figures_final.png", "fields.xdmf", "summary.json"):
+                 "pole_figures_initial.png", "pole_figures_final.png", "gnd_density.png", "fields.xdmf",
+                 "summary.json"):
         assert (out / name).stat().st_size > 0, name
     group = store.open_store(out / "results.zarr")
     assert store.sample_status(group).tolist() == [store.DONE]
@@ -55,6 +56,10 @@ def test_simulate_writes_store_paraview_and_pictures(tempdir, run_cli):
     # the mean of the per-voxel Cauchy stress matches the stored macroscopic stress (equal voxel volumes, small strain)
     mean_voxel = np.asarray(ds["stress"][0, -1]).reshape(-1, 6).mean(0)
     assert np.allclose(mean_voxel, ds["macro_stress"][0, -1], rtol=1e-3, atol=1e-3 * abs(float(ds["macro_stress"][0, -1, 0])))
+    # Nye tensor: zero before deformation, non-zero where grains meet after it
+    assert ds["nye"].dims == ("sample", "step", "z", "y", "x", "tensor9")
+    assert np.abs(np.asarray(ds["nye"][0, 0])).max() == 0.0
+    assert np.abs(np.asarray(ds["nye"][0, -1])).max() > 0.0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["final_stress_along_load_MPa"] > 0
     # the run directory is not overwritten without --overwrite
