@@ -33,6 +33,8 @@ test-mpi: setup
 
 benchmark: setup
 	$(PY) benchmarks/solver_throughput.py --out benchmarks/results/solver_throughput.json
+	$(PY) benchmarks/campaign_throughput.py
+	$(PY) benchmarks/fdm_throughput.py
 
 clean:
 	rm -rf demo_out .pytest_cache
