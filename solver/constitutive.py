@@ -63,7 +63,8 @@ class ConstitutiveResult:
         tangent: ``(n, 3, 3, 3, 3)`` ``dP_iJ/dF_kL``, Pa, or None.
         state: the state at the end of the step (new arrays).
         converged: ``(n,)`` bool, False where the local Newton failed.
-        iterations: the largest number of local Newton iterations.
+        iterations: the largest number of local Newton iterations of a point
+            (summed over its continuation steps).
     """
 
     stress: np.ndarray
@@ -89,6 +90,9 @@ class CrystalPlasticity:
             (new state); it only changes where Newton starts, not the answer
             (beyond the tolerance). False gives results that do not depend on
             earlier calls at all.
+
+    Attributes:
+        last_iterations: ``(n,)`` Newton iterations per point in the last call.
     """
 
     def __init__(self, material: Material, orientations: np.ndarray, *,
@@ -122,7 +126,7 @@ class CrystalPlasticity:
         n_int = int(n_exp) if n_exp == int(n_exp) and n_exp <= 64 else 0
         self._prm = np.array([material.C11, material.C12, material.C44, 0.0, n_exp, n_int,
                               material.hardening_modulus, material.hardening_exponent, self.tolerance])
-        self._last = None            # warm start: (Fp_n, xi_n, dt, dgamma, xi) of the last call
+        self._last = None            # warm start: (Fp_n, xi_n, dt, dgamma, xi, converged) of the last call
         self.last_iterations = np.zeros(0, dtype=np.int64)
 
     @property
@@ -307,14 +311,14 @@ _K, _W, _T = range(3)
 _C11, _C12, _C44, _KDT, _NEXP, _NINT, _H0, _AEXP, _TOL = range(9)
 
 # Newton and continuation settings (see docs/constitutive.md)
-_C_SWITCH = 0.03     # rate/stress form switch, fraction of the slip that relaxes the trial stress
+_C_SWITCH = 0.1     # rate/stress form switch, fraction of the slip that relaxes the trial stress
 _STEP_CAP = 0.05    # largest change of a slip increment per Newton iteration
 _S_RISE = 0.5       # largest rise of |tau/xi| per iteration past the switch level (in its units)
-_LAM_DIRECT = 1e9   # solve directly when the trial |tau/xi| stays below this
+_LAM_DIRECT = 5.0   # solve directly when the trial |tau/xi| stays below this
 _LAM_FIRST = 1.5    # first continuation target: trial |tau/xi| about this
 _LAM_GROWTH = 4.0   # continuation step growth after a success
 _MAX_STEPS = 60     # continuation steps
-_CHUNK = 256        # points per parallel chunk
+_CHUNK = 256        # points per block of work arrays (and per thread if made parallel)
 
 
 @_jit

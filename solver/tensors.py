@@ -94,7 +94,10 @@ def rotate_stiffness(C: np.ndarray, R: np.ndarray) -> np.ndarray:
 
 
 def cauchy_from_pk1(P: np.ndarray, F: np.ndarray) -> np.ndarray:
-    """Cauchy stress ``sigma = P F^T / det F`` from first Piola-Kirchhoff ``P``, ``(..., 3, 3)``."""
+    """Cauchy stress ``sigma = P F^T / det F`` from first Piola-Kirchhoff ``P``, ``(..., 3, 3)``.
+
+    The result is symmetrised (it is symmetric up to round-off for any balanced ``P``).
+    """
     P, F = np.asarray(P), np.asarray(F)
     sigma = P @ np.swapaxes(F, -1, -2) / np.linalg.det(F)[..., None, None]
     return 0.5 * (sigma + np.swapaxes(sigma, -1, -2))
