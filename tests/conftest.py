@@ -35,8 +35,15 @@ def _comm():
     return MPI.COMM_WORLD
 
 
+@pytest.hookimpl(trylast=True)  # after the terminal plugin has made its reporter
 def pytest_configure(config):
     config.addinivalue_line("markers", "skip_in_parallel: skip this test when run on more than one rank")
+    # under mpirun only rank 0 reports, so the run ends in one pytest summary line;
+    # a failure on another rank still fails the job through its exit status
+    if _comm().rank > 0:
+        reporter = config.pluginmanager.getplugin("terminalreporter")
+        if reporter is not None:
+            config.pluginmanager.unregister(reporter)
 
 
 def pytest_runtest_setup(item):
