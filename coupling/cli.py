@@ -21,7 +21,7 @@ EXIT_INPUT_ERROR = 2
 DEMO_CONFIG = {
     "microstructure": {"kind": "voronoi", "cells": [12, 12, 12], "size": [1.0e-4, 1.0e-4, 1.0e-4],
                        "grains": 12, "seed": 1, "texture": "random"},
-    "material": {"preset": "Cu"},
+    "material": {"preset": "Al-DAMASK"},
     "boundary": "periodic",
     "loading": {"mode": "tension", "direction": [1, 0, 0], "strain": 0.02, "rate": 1.0e-3, "increments": 10},
     "output": {"every": 1},
@@ -66,7 +66,7 @@ def cmd_demo(args) -> int:
         cfg_path.write_text(yaml.safe_dump(DEMO_CONFIG, sort_keys=False))
     comm.Barrier()
     _say(comm, f"Slipstream demo: {DEMO_CONFIG['microstructure']['cells']} voxels, "
-               f"{DEMO_CONFIG['microstructure']['grains']} Cu grains, periodic tension to 2 % along x")
+               f"{DEMO_CONFIG['microstructure']['grains']} Al grains (DAMASK's parameters), periodic tension to 2 % along x")
     t0 = time.perf_counter()
     summary = run_simulation(comm, cfg_path, out, overwrite=True, quiet=False)
     if comm.rank == 0:
