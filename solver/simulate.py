@@ -234,8 +234,8 @@ def write_pictures(out: pathlib.Path, fields: dict, setup: SimulationSetup) -> l
 
     burgers = BURGERS_VECTOR.get(setup.material.name, 2.5e-10)
     rho = gnd_density(from_tensor9(np.asarray(fields["nye"][-1], dtype=float)), burgers)
-    pngs.append(plots.field_map(rho, out / "gnd_density.png", unit="1/m^2", cmap="inferno",
-                                title=f"GND density |alpha|/b (b = {burgers * 1e9:.4g} nm), last step"))
+    pngs.append(plots.field_map(rho, out / "gnd_density.png", unit=f"1/m^2, b = {burgers * 1e9:.4g} nm",
+                                cmap="inferno", title="GND density |alpha|/b, last step"))
     pngs.append(plots.pole_figures(fields["euler0"].reshape(-1, 3), out / "pole_figures_initial.png",
                                    title="initial texture"))
     pngs.append(plots.pole_figures(np.asarray(fields["euler"][-1]).reshape(-1, 3), out / "pole_figures_final.png",
