@@ -111,8 +111,22 @@ class AffineConstraint:
         macro_dofs: global reduced indices of those coefficients (on rank 0).
     """
 
-    def __init__(self, T, lift, free, macro_dofs):
+    def __init__(self, T, lift, free, macro_dofs, rigid_modes=None):
         self.T, self.lift, self.free, self.macro_dofs = T, lift, free, macro_dofs
+        self._rigid_modes = rigid_modes  # f(T) -> list of reduced near-nullspace vectors
+
+    def near_nullspace(self):
+        """Orthonormal near-nullspace of the reduced operator (for algebraic multigrid)."""
+        vecs = self._rigid_modes(self.T)
+        basis = []
+        for v in vecs:  # modified Gram-Schmidt
+            for b in basis:
+                v.axpy(-v.dot(b), b)
+            norm = v.norm()
+            if norm > 1e-12:
+                v.scale(1.0 / norm)
+                basis.append(v)
+        return basis
 
     @classmethod
     def periodic(cls, V, loading: Loading, cells, size, origin=(0.0, 0.0, 0.0)):
@@ -150,7 +164,20 @@ class AffineConstraint:
         vals = np.stack([r[1] for r in rows], axis=1).reshape(3 * n_owned, 1 + n_macro)
         T = _csr_matrix(comm, cols, vals, n_red_local)
         lift = BX.reshape(3 * n_owned, 9)
-        return cls(T, lift, free, macro_dofs)
+        w_offset = n_macro if comm.rank == 0 else 0
+
+        def translations(T):
+            # a constant periodic fluctuation; the macroscopic unknowns do not move
+            out = []
+            for c in range(3):
+                z = T.createVecRight()
+                arr = np.zeros(z.getLocalSize())
+                arr[w_offset + c::3] = 1.0
+                z.setArray(arr)
+                out.append(z)
+            return out
+
+        return cls(T, lift, free, macro_dofs, translations)
 
     @classmethod
     def grips(cls, V, loading: Loading, cells, size, origin=(0.0, 0.0, 0.0), grips="clamped"):
@@ -190,7 +217,30 @@ class AffineConstraint:
         lift = np.zeros((n_owned, 3, 9))
         # c_0 is the engineering strain along the load frame's first axis
         lift[at_moving, axis, 0] = L  # u = strain (d . X) d is +strain L at the far grip for d = +-e_axis
-        return cls(T, lift.reshape(3 * n_owned, 9), np.array([], dtype=int), np.array([], dtype=np.int64))
+
+        def rigid_body_modes(T):
+            # the six rigid modes of the full field, restricted to the free dofs (T is a selection)
+            Xc = X - X.mean(axis=0)
+            modes = []
+            for c in range(3):
+                m = np.zeros((n_owned, 3))
+                m[:, c] = 1.0
+                modes.append(m)
+            for a, b in ((0, 1), (1, 2), (2, 0)):
+                m = np.zeros((n_owned, 3))
+                m[:, a], m[:, b] = -Xc[:, b], Xc[:, a]
+                modes.append(m)
+            out = []
+            for m in modes:
+                full = T.createVecLeft()
+                full.setArray(m.reshape(-1))
+                z = T.createVecRight()
+                T.multTranspose(full, z)
+                out.append(z)
+            return out
+
+        return cls(T, lift.reshape(3 * n_owned, 9), np.array([], dtype=int), np.array([], dtype=np.int64),
+                   rigid_body_modes)
 
 
 def _number_classes(comm, node_class, is_master, n_classes, offset_extra, block=3):
@@ -348,6 +398,8 @@ class CrystalPlasticitySolver:
         self._evaluate(self.z, dt=1.0, tangent=True)
         self._assemble_tangent()
         self._J = self._K.PtAP(T)
+        self._near_nullspace = PETSc.NullSpace().create(vectors=self.constraint.near_nullspace(), comm=comm)
+        self._J.setNearNullSpace(self._near_nullspace)  # used by GAMG when asked for
 
         opts = dict(DEFAULT_PETSC_OPTIONS)
         opts.update(petsc_options or {})
@@ -430,6 +482,7 @@ class CrystalPlasticitySolver:
         self._assemble_tangent()
         t0 = time.perf_counter()
         self._K.PtAP(self.constraint.T, result=J)
+        J.setNearNullSpace(self._near_nullspace)
         self.timings["constraint_ptap"] += time.perf_counter() - t0
 
     # -- stepping ---------------------------------------------------------
@@ -566,5 +619,6 @@ class CrystalPlasticitySolver:
 
     def destroy(self):
         """Free PETSc objects (call before the communicator goes away)."""
-        for obj in (self.snes, self._J, self._K, self._r, self.z, self._rz, self._z_prev, self.constraint.T):
+        for obj in (self.snes, self._J, self._K, self._r, self.z, self._rz, self._z_prev, self.constraint.T,
+                    self._near_nullspace):
             obj.destroy()

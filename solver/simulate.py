@@ -77,7 +77,7 @@ def solve_sample(comm, setup: SimulationSetup, progress: Progress | None = None,
         SolverError: no convergence after the allowed cutbacks.
     """
     wall0 = time.perf_counter()
-    ms, loading = setup.microstructure, setup.loading
+    loading = setup.loading
     solver = make_solver(comm, setup)
     try:
         steps = output_increments(loading.increments, setup.output["every"])

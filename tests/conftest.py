@@ -8,11 +8,9 @@
 
 from __future__ import annotations
 
-import os
 import pathlib
 import shutil
 import subprocess
-import sys
 import tempfile
 
 import pytest
@@ -75,14 +73,10 @@ def tempdir(request):
 def run_cli():
     """Run ``slipstream ...`` in a subprocess of this interpreter; returns CompletedProcess."""
 
+    from clitools import cli_command
+
     def run(*args, cwd=None, timeout=600, ranks=1):
-        cmd = [sys.executable, "-m", "coupling.cli", *map(str, args)]
-        if ranks > 1:
-            cmd = [str(pathlib.Path(sys.executable).parent / "mpirun"), "-n", str(ranks),
-                   sys.executable, "-m", "mpi4py", "-m", "coupling.cli", *map(str, args)]
-        env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
-        for key in [k for k in env if k.startswith(("PMI_", "MPI_", "HYDRA_", "OMPI_"))]:
-            env.pop(key)  # a nested mpirun must not think it is a child of ours
+        cmd, env = cli_command(*args, ranks=ranks)
         return subprocess.run(cmd, cwd=cwd or ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
     return run

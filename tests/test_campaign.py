@@ -13,7 +13,6 @@ import pathlib
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -220,15 +219,7 @@ def reference(tmp_path_factory):
     return path
 
 
-def _cli_cmd(*args, ranks=1):
-    cmd = [sys.executable, "-m", "coupling.cli", *map(str, args)]
-    if ranks > 1:
-        cmd = [str(pathlib.Path(sys.executable).parent / "mpirun"), "-n", str(ranks),
-               sys.executable, "-m", "mpi4py", "-m", "coupling.cli", *map(str, args)]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg")
-    for key in [k for k in env if k.startswith(("PMI_", "MPI_", "HYDRA_", "OMPI_"))]:
-        env.pop(key)
-    return cmd, env
+from clitools import cli_command as _cli_cmd  # noqa: E402
 
 
 def _cli(*args, ranks=1, timeout=300):

@@ -23,13 +23,7 @@ def write_config(path, cfg):
     return path
 
 
-def assert_one_line_error(proc, *needles):
-    assert proc.returncode == 2, proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("slipstream: error: ")
-    for needle in needles:
-        assert needle.lower() in lines[0].lower(), lines[0]
+from clitools import assert_one_line_error  # noqa: E402
 
 
 @pytest.mark.skip_in_parallel

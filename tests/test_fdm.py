@@ -524,13 +524,7 @@ def fdm_example():
 
 # ------------------------------------------------------------------ CLI --
 
-def assert_one_line_error(proc, *needles):
-    assert proc.returncode == 2, proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("slipstream: error: ")
-    for needle in needles:
-        assert needle.lower() in lines[0].lower(), lines[0]
+from clitools import assert_one_line_error  # noqa: E402
 
 
 @pytest.mark.skip_in_parallel
