@@ -193,6 +193,7 @@ def main(argv=None) -> int:
         if comm.rank != 0:
             time.sleep(2.0)
         print(f"slipstream: error: {msg}", file=sys.stderr, flush=True)
+        time.sleep(0.5)  # let mpirun forward the line before the abort tears the job down
         comm.Abort(EXIT_INPUT_ERROR)
         return EXIT_INPUT_ERROR
 
