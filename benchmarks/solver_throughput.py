@@ -53,7 +53,7 @@ def worker(args):
     cfg = {
         "microstructure": {"kind": "voronoi", "cells": [args.cells] * 3, "size": [1e-4] * 3,
                            "grains": args.grains, "seed": 1, "texture": "random"},
-        "material": {"preset": "Cu"},
+        "material": {"preset": args.material},
         "boundary": "periodic",
         "loading": {"mode": "tension", "direction": [1, 0, 0], "strain": 0.02, "rate": 1e-3,
                     "increments": args.increments},
@@ -101,7 +101,7 @@ def run_case(ranks, args):
     with tempfile.TemporaryDirectory() as tmp:
         part = pathlib.Path(tmp) / "part.json"
         cmd = [sys.executable, "-m", "mpi4py", __file__, "--worker", str(part), "--cells", str(args.cells),
-               "--grains", str(args.grains), "--increments", str(args.increments)]
+               "--grains", str(args.grains), "--increments", str(args.increments), "--material", args.material]
         if ranks > 1:
             cmd = [str(pathlib.Path(sys.executable).parent / "mpirun"), "-n", str(ranks)] + cmd
         env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
@@ -114,6 +114,7 @@ def main():
     p.add_argument("--cells", type=int, default=16)
     p.add_argument("--grains", type=int, default=20)
     p.add_argument("--increments", type=int, default=20)
+    p.add_argument("--material", default="Cu", help="material preset (default Cu, as in issue 2)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "solver_throughput.json"))
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -123,9 +124,10 @@ def main():
     parallel = run_case(2, args)
     result = {
         "benchmark": "solver_throughput",
-        "problem": f"{args.cells}^3 voxels, {args.grains} grains, Cu, periodic tension to 2 % along x, "
+        "problem": f"{args.cells}^3 voxels, {args.grains} grains, {args.material}, periodic tension to 2 % along x, "
                    f"{args.increments} increments",
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "load_average_at_end": list(os.getloadavg())},
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "serial": serial,
         "two_ranks": parallel,
