@@ -25,3 +25,18 @@ class StoreError(SlipstreamError, ValueError):
 
 class SolverError(SlipstreamError, RuntimeError):
     """The solver could not converge even after the allowed load-step cutbacks."""
+
+
+def finite_number(value, what: str) -> float:
+    """``float(value)`` for a finite real number (not a bool), else a one-line :class:`ConfigError`."""
+    import math
+
+    if isinstance(value, bool):
+        raise ConfigError(f"{what} must be a number, got {value!r}")
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be a number, got {value!r}") from None
+    if not math.isfinite(out):
+        raise ConfigError(f"{what} must be finite, got {value!r}")
+    return out

@@ -54,7 +54,7 @@ import time
 import numpy as np
 
 from . import nye as _nye
-from .errors import ConfigError, SolverError, StoreError
+from .errors import ConfigError, SolverError, StoreError, finite_number
 
 SCHEMA = "slipstream.fdm/1"
 DIRECT_OPTIONS = {"ksp_type": "preonly", "pc_type": "lu", "pc_factor_mat_solver_type": "mumps"}
@@ -122,16 +122,7 @@ def _seq(value, n, what):
     return list(value)
 
 
-def _real(value, what) -> float:
-    if isinstance(value, bool):
-        raise ConfigError(f"{what} must be a number, got {value!r}")
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{what} must be a number, got {value!r}") from None
-    if not math.isfinite(out):
-        raise ConfigError(f"{what} must be finite, got {value!r}")
-    return out
+_real = finite_number
 
 
 def _int(value, what) -> int:

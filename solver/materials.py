@@ -28,14 +28,13 @@ names a preset (optionally overriding fields) or gives every field.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from . import lattice as _lattice
-from .errors import ConfigError
+from .errors import ConfigError, finite_number
 from .tensors import stiffness_from_voigt
 
 _FAMILY_FIELDS = ("slip_resistance_initial", "slip_resistance_saturation")
@@ -44,13 +43,7 @@ _FAMILY_FIELDS = ("slip_resistance_initial", "slip_resistance_saturation")
 # --- validation helpers ----------------------------------------------------------
 
 def _real(name: str, key: str, value) -> float:
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"material {name!r}: {key} must be a number, got {value!r}") from None
-    if not math.isfinite(out):
-        raise ConfigError(f"material {name!r}: {key} must be finite, got {value!r}")
-    return out
+    return finite_number(value, f"material {name!r}: {key}")
 
 
 def _tuple_of_reals(name: str, key: str, values) -> tuple[float, ...]:
