@@ -23,6 +23,10 @@ class StoreError(SlipstreamError, ValueError):
     """A Zarr store is missing, of another schema, or does not fit the request."""
 
 
+class ModelError(SlipstreamError, ValueError):
+    """A surrogate model directory or checkpoint is missing, corrupt, or does not fit."""
+
+
 class SolverError(SlipstreamError, RuntimeError):
     """The solver could not converge even after the allowed load-step cutbacks."""
 

@@ -1,0 +1,230 @@
+"""The ensemble, its calibrated spread, and the trust score.
+
+Members are independently seeded models trained on the same split (a deep
+ensemble, Lakshminarayanan et al. 2017). Their spread is an *uncalibrated*
+uncertainty; on the validation split we fit one factor per output group so that
+``err / (c * spread)`` has unit variance (the Gaussian maximum-likelihood
+scale), and report the coverage of the nominal 50/80/90/95 % intervals.
+
+Trust score. Per voxel, the probability under the calibrated Gaussian that the
+von Mises stress is within ``tolerance`` (relative, default 5 %) of the truth::
+
+    trust = erf(tau / (sqrt(2) c sigma_vm)),   tau = tolerance * max(vm, vm_mean / 4)
+
+(``vm_mean / 4`` keeps nearly unloaded voxels from asking for a vanishing
+absolute error). A sample's trust is the mean over its voxels and steps,
+multiplied by a *domain factor* that falls from 1 to 0 as the load leaves what
+the model was trained on (a mode never seen, or an applied strain beyond the
+largest trained one by more than 25 % of it). The reliability of the trust
+score (predicted probability against the observed frequency of errors within
+tolerance) is measured on validation and reported.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from solver.errors import ModelError
+from solver.loading import MODES
+
+from . import checkpoint, features
+from .models import Surrogate, build_model
+
+COVERAGE_LEVELS = (0.5, 0.8, 0.9, 0.95)
+GROUPS = ("stress", "strain", "rotation", "slip", "von_mises")
+
+
+def von_mises(stress: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Von Mises equivalent of Voigt stresses (11, 22, 33, 23, 13, 12) along ``dim``."""
+    s11, s22, s33, s23, s13, s12 = stress.unbind(dim)
+    return torch.sqrt(0.5 * ((s11 - s22) ** 2 + (s22 - s33) ** 2 + (s33 - s11) ** 2)
+                      + 3.0 * (s23 ** 2 + s13 ** 2 + s12 ** 2))
+
+
+class Ensemble:
+    """Members of a trained model directory, predicting together.
+
+    Args:
+        members: :class:`Surrogate` instances (same kwargs).
+        meta: the directory's ``model.json`` (config, calibration, training domain...).
+    """
+
+    def __init__(self, members: list[Surrogate], meta: Mapping[str, Any]):
+        self.members = [m.eval() for m in members]
+        self.meta = dict(meta)
+        self.device = torch.device("cpu")
+
+    @property
+    def kwargs(self) -> dict:
+        return self.members[0].kwargs
+
+    def to(self, device) -> "Ensemble":
+        self.device = torch.device(device)
+        self.members = [m.to(self.device) for m in self.members]
+        return self
+
+    @torch.no_grad()
+    def predict(self, fields, condition, schmid) -> dict[str, torch.Tensor]:
+        """Ensemble prediction in SI units.
+
+        Args:
+            fields ``(B, Cf, y, x)``, condition ``(B, Nc)``, schmid ``(B, ns, y, x)``.
+
+        Returns:
+            ``values`` (mean, ``(B, 16, y, x)``), ``spread`` (member standard deviation),
+            ``von_mises``, ``von_mises_spread`` ``(B, y, x)``, ``slip_probability``
+            ``(B, ns, y, x)`` (mean of the members' softmax).
+        """
+        vals, vms, probs = [], [], []
+        args = [t.to(self.device, torch.float32) for t in (fields, condition, schmid)]
+        for m in self.members:
+            out = m(*args)
+            v = m.physical(out["values"].float())
+            vals.append(v)
+            vms.append(von_mises(v[:, features.TARGETS["stress"]]))
+            probs.append(torch.softmax(out["slip_logits"].float(), dim=1))
+        vals, vms = torch.stack(vals), torch.stack(vms)
+        n = len(self.members)
+        return {"values": vals.mean(0), "spread": vals.std(0, unbiased=True) if n > 1 else torch.zeros_like(vals[0]),
+                "von_mises": vms.mean(0),
+                "von_mises_spread": vms.std(0, unbiased=True) if n > 1 else torch.zeros_like(vms[0]),
+                "slip_probability": torch.stack(probs).mean(0)}
+
+    def trust(self, pred: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Per-voxel trust ``(B, y, x)`` in [0, 1] (see the module docstring); needs a calibration."""
+        cal = self.meta.get("calibration")
+        if not cal:
+            raise ModelError("this model has no calibration (model.json lacks 'calibration'); retrain or recalibrate")
+        return trust_score(pred["von_mises"], pred["von_mises_spread"], cal["scale"]["von_mises"],
+                           float(self.meta["config"]["trust_tolerance"]))
+
+    def domain_factor(self, mode: str, strain: float) -> tuple[float, str]:
+        """How far a load lies inside the training domain: (factor in [0, 1], reason or '')."""
+        return domain_factor(self.meta.get("training_domain", {}), mode, strain)
+
+
+def trust_score(vm: torch.Tensor, vm_spread: torch.Tensor, scale: float, tolerance: float) -> torch.Tensor:
+    """``erf(tau / (sqrt 2 * scale * spread))`` per voxel, ``tau = tolerance * max(vm, mean(vm)/4)``."""
+    floor = vm.mean(dim=(-2, -1), keepdim=True) / 4.0
+    tau = tolerance * torch.maximum(vm, floor)
+    sigma = (scale * vm_spread).clamp_min(1e-12 * float(vm.abs().max()) + 1e-30)
+    return torch.erf(tau / (math.sqrt(2.0) * sigma))
+
+
+def domain_factor(domain: Mapping[str, Any], mode: str, strain: float) -> tuple[float, str]:
+    """1 inside the training domain; falls linearly to 0 beyond it (see the module docstring)."""
+    if not domain:
+        return 1.0, ""
+    if mode not in domain.get("modes", MODES):
+        return 0.0, f"load mode '{mode}' was never seen in training (trained: {', '.join(domain['modes'])})"
+    top = float(domain["strain_max"])
+    if strain > top:
+        factor = max(0.0, 1.0 - (strain - top) / (0.25 * top))
+        return factor, f"applied strain {strain:.4g} beyond the largest trained {top:.4g}"
+    return 1.0, ""
+
+
+def load_model(model_dir: str | Path) -> Ensemble:
+    """Load a model directory (``model.json`` + ``member_*.pt``) written by ``slipstream train``.
+
+    Raises:
+        ModelError: missing directory or files, unreadable checkpoints, members that disagree.
+    """
+    model_dir = Path(model_dir)
+    meta_path = model_dir / "model.json"
+    if not meta_path.is_file():
+        raise ModelError(f"{model_dir}: not a trained model directory (no model.json)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{meta_path}: unreadable ({exc})") from None
+    if meta.get("format") != checkpoint.FORMAT:
+        raise ModelError(f"{meta_path}: format {meta.get('format')!r}, expected {checkpoint.FORMAT!r}")
+    members = []
+    for name in meta.get("members", []):
+        ckpt = checkpoint.load(model_dir / name)
+        if ckpt["model"]["kwargs"] != meta["model"]["kwargs"]:
+            raise ModelError(f"{model_dir / name}: its model {ckpt['model']['kwargs']} is not the one in "
+                             f"model.json {meta['model']['kwargs']}")
+        model = build_model(ckpt["model"]["kwargs"])
+        try:
+            model.load_state_dict(ckpt["state_dict"])
+        except RuntimeError as exc:
+            raise ModelError(f"{model_dir / name}: weights do not fit the model ({str(exc).splitlines()[0]})") from None
+        members.append(model)
+    if not members:
+        raise ModelError(f"{model_dir}: model.json lists no members")
+    return Ensemble(members, meta)
+
+
+# ------------------------------------------------------------------------ calibration
+
+def _z_quantile(level: float) -> float:
+    from scipy.stats import norm
+
+    return float(norm.ppf(0.5 + level / 2.0))
+
+
+def calibrate(ensemble: Ensemble, loader, tolerance: float) -> dict[str, Any]:
+    """Fit the spread scale per output group and measure the trust score's reliability.
+
+    Args:
+        ensemble: the members; loader: batches of the validation split.
+        tolerance: relative von Mises error of the trust score.
+
+    Returns:
+        ``{"scale": {group: c}, "coverage": {group: {level: observed}}, "reliability": [...],
+        "expected_calibration_error": float, "n_voxels": int}``.
+    """
+    ratios = {g: [] for g in GROUPS}
+    trust_vals, within = [], []
+    for batch in loader:
+        pred = ensemble.predict(batch["fields"], batch["condition"], batch["schmid"])
+        target = batch["target"].to(ensemble.device)
+        err = pred["values"] - target
+        for g in ("stress", "strain", "rotation", "slip"):
+            sl = features.TARGETS[g]
+            ratios[g].append((err[:, sl] / pred["spread"][:, sl].clamp_min(1e-30)).flatten().cpu())
+        vm_true = von_mises(target[:, features.TARGETS["stress"]])
+        vm_err = pred["von_mises"] - vm_true
+        ratios["von_mises"].append((vm_err / pred["von_mises_spread"].clamp_min(1e-30)).flatten().cpu())
+        floor = pred["von_mises"].mean(dim=(-2, -1), keepdim=True) / 4.0
+        tau = tolerance * torch.maximum(pred["von_mises"], floor)
+        within.append((vm_err.abs() <= tau).flatten().cpu())
+        # the trust needs the fitted scale: keep what it is made of
+        trust_vals.append((pred["von_mises_spread"].flatten().cpu(), tau.flatten().cpu()))
+    scale, coverage = {}, {}
+    for g, r in ratios.items():
+        r = torch.cat(r).double()
+        r = r[torch.isfinite(r)]
+        c = float(torch.sqrt(torch.mean(r ** 2))) if r.numel() else 1.0
+        scale[g] = c
+        coverage[g] = {str(level): float((r.abs() <= c * _z_quantile(level)).double().mean()) for level in COVERAGE_LEVELS}
+    spread = torch.cat([t[0] for t in trust_vals])
+    tau = torch.cat([t[1] for t in trust_vals])
+    trust = torch.erf(tau / (math.sqrt(2.0) * (scale["von_mises"] * spread).clamp_min(1e-30)))
+    hit = torch.cat(within).double()
+    table, ece = reliability(trust.numpy(), hit.numpy())
+    return {"scale": scale, "coverage": coverage, "reliability": table, "expected_calibration_error": ece,
+            "n_voxels": int(hit.numel()), "tolerance": tolerance}
+
+
+def reliability(trust: np.ndarray, hit: np.ndarray, bins: int = 10) -> tuple[list[dict], float]:
+    """Reliability table of a probability against observed 0/1 outcomes, and the ECE."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    idx = np.clip(np.digitize(trust, edges) - 1, 0, bins - 1)
+    table, ece = [], 0.0
+    for b in range(bins):
+        sel = idx == b
+        if not sel.any():
+            continue
+        p, f = float(trust[sel].mean()), float(hit[sel].mean())
+        table.append({"bin": [float(edges[b]), float(edges[b + 1])], "trust": p, "observed": f, "n": int(sel.sum())})
+        ece += sel.mean() * abs(p - f)
+    return table, float(ece)
