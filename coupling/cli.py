@@ -133,6 +133,23 @@ def cmd_fdm(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from surrogate.train import train
+
+    overrides = {"model": args.model, "epochs": args.epochs, "ensemble": args.ensemble, "seed": args.seed,
+                 "workers": args.workers}
+    train(args.store, args.out, args.config, resume=args.resume, overrides=overrides, quiet=args.quiet)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from surrogate.evaluate import evaluate
+
+    out = args.out or str(pathlib.Path(args.model) / "evaluation")
+    evaluate(args.model, args.store, out, splits=args.split, plots=not args.no_plots)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="slipstream", description="Surrogate-coupled crystal plasticity on DOLFINx.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -165,6 +182,28 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--quiet", action="store_true", help="no per-sample progress lines")
     c.set_defaults(func=cmd_campaign)
 
+    t = sub.add_parser("train", help="fit the surrogate ensemble to a campaign store (CPU, GPU, or under torchrun)")
+    t.add_argument("--store", required=True, help="campaign Zarr store")
+    t.add_argument("--out", required=True, help="model directory (checkpoints, model.json)")
+    t.add_argument("--config", help="training YAML (see docs/surrogate.md); CLI flags override it")
+    t.add_argument("--model", help="backbone: fno or unet")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--ensemble", type=int, help="number of independently seeded members")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--workers", type=int, help="DataLoader workers per process")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out (same config and store)")
+    t.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="accuracy, calibration and speed of a trained model on a store (JSON, PNGs)")
+    e.add_argument("--model", required=True, help="model directory written by slipstream train")
+    e.add_argument("--store", required=True, help="campaign Zarr store")
+    e.add_argument("--out", help="directory for evaluation.json and PNGs (default: MODEL/evaluation)")
+    e.add_argument("--split", nargs="+", help="train validation test held_out all (default: test held_out "
+                                              "validation on the training store, all on another)")
+    e.add_argument("--no-plots", action="store_true", help="JSON only")
+    e.set_defaults(func=cmd_evaluate)
+
     i = sub.add_parser("inspect", help="counts, failures, sizes and config of a campaign store; plots of a sample")
     i.add_argument("store", help="campaign Zarr store")
     i.add_argument("--sample", type=int, metavar="I", help="describe sample I")
@@ -184,6 +223,10 @@ def main(argv=None) -> int:
         return args.func(args)
     except SlipstreamError as exc:
         msg = " ".join(str(exc).split())
+        if "mpi4py.MPI" not in sys.modules:  # torch-only commands (train, evaluate): no MPI to abort
+            if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank fails alike: one line
+                print(f"slipstream: error: {msg}", file=sys.stderr, flush=True)
+            return EXIT_INPUT_ERROR
         comm = _comm()
         if comm.size == 1:
             print(f"slipstream: error: {msg}", file=sys.stderr, flush=True)

@@ -98,6 +98,8 @@ def train_config(cfg: Mapping[str, Any] | str | Path | None = None, **overrides)
     out["model_kwargs"] = kwargs
     for key in ("ensemble", "epochs", "batch_size", "cache_samples"):
         _positive(out, key)
+    if out["ensemble"] < 2:
+        raise ConfigError("train config: ensemble must be at least 2 (the trust score comes from the members' spread)")
     for key in ("learning_rate", "trust_tolerance"):
         _positive(out, key, float)
     for key in ("weight_decay", "warmup_epochs", "workers", "seed"):

@@ -178,7 +178,7 @@ class SlipSystemHead(nn.Module):
     factors alike) get the same answer, relabelled.
     """
 
-    def __init__(self, width: int, hidden: int = 32):
+    def __init__(self, width: int, hidden: int = 16):
         super().__init__()
         self.features = nn.Conv2d(width, hidden, 1)
         self.schmid = nn.Parameter(torch.randn(hidden, 2) * 0.5)
