@@ -18,16 +18,6 @@ import time
 
 EXIT_INPUT_ERROR = 2
 
-DEMO_CONFIG = {
-    "microstructure": {"kind": "voronoi", "cells": [12, 12, 12], "size": [1.0e-4, 1.0e-4, 1.0e-4],
-                       "grains": 12, "seed": 1, "texture": "random"},
-    "material": {"preset": "Al-DAMASK"},
-    "boundary": "periodic",
-    "loading": {"mode": "tension", "direction": [1, 0, 0], "strain": 0.02, "rate": 1.0e-3, "increments": 10},
-    "output": {"every": 1},
-}
-
-
 def _comm():
     try:
         import dolfinx_solver  # noqa: F401  (PyPI wheel: before petsc4py/mpi4py users)
@@ -54,29 +44,9 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    import yaml
+    from coupling.demo import DEFAULT_MODEL, run_demo
 
-    from solver.simulate import run_simulation
-
-    comm = _comm()
-    out = pathlib.Path(args.out)
-    cfg_path = out / "demo.yaml"
-    if comm.rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        cfg_path.write_text(yaml.safe_dump(DEMO_CONFIG, sort_keys=False))
-    comm.Barrier()
-    _say(comm, f"Slipstream demo: {DEMO_CONFIG['microstructure']['cells']} voxels, "
-               f"{DEMO_CONFIG['microstructure']['grains']} Al grains (DAMASK's parameters), periodic tension to 2 % along x")
-    t0 = time.perf_counter()
-    summary = run_simulation(comm, cfg_path, out, overwrite=True, quiet=False)
-    if comm.rank == 0:
-        print(f"\nsolved in {time.perf_counter() - t0:.1f} s on {comm.size} rank(s); "
-              f"final stress along x {summary['final_stress_along_load_MPa']:.1f} MPa")
-        print(f"store (zarr, campaign schema): {summary['store']}")
-        print(f"ParaView: {summary['paraview']}")
-        print("pictures:")
-        for p in summary["pictures"]:
-            print(f"  {p}")
+    run_demo(_comm(), pathlib.Path(args.out), pathlib.Path(args.model or DEFAULT_MODEL))
     return 0
 
 
@@ -167,8 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--overwrite", action="store_true", help="replace an existing fields.zarr in --out")
     f.set_defaults(func=cmd_fdm)
 
-    d = sub.add_parser("demo", help="run the small embedded polycrystal end to end and make pictures")
+    d = sub.add_parser("demo", help="the embedded EBSD map: solver and shipped surrogate side by side, with pictures")
     d.add_argument("--out", default="demo_out", help="output directory (default: demo_out)")
+    d.add_argument("--model", help="surrogate model directory (default: the shipped one)")
     d.set_defaults(func=cmd_demo)
 
     c = sub.add_parser("campaign", help="solve many samples (microstructure x load) into one resumable Zarr store "

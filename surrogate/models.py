@@ -199,6 +199,7 @@ class Surrogate(nn.Module):
         n_fields: per-voxel input channels (:func:`surrogate.features.n_field_channels`).
         n_condition: load-condition channels; n_slip: slip systems.
         backbone_kwargs: plain-type arguments of the backbone.
+        slip_hidden: hidden width of the slip-system head.
 
     ``forward`` takes the *physical* inputs and returns normalised predictions
     (``values`` ``(B, 16, y, x)`` in target-normaliser units, ``slip_logits``
@@ -206,12 +207,12 @@ class Surrogate(nn.Module):
     """
 
     def __init__(self, backbone: str = "fno", n_fields: int = 30, n_condition: int = features.N_CONDITION,
-                 n_slip: int = 12, backbone_kwargs: dict | None = None):
+                 n_slip: int = 12, backbone_kwargs: dict | None = None, slip_hidden: int = 16):
         super().__init__()
         if backbone not in BACKBONES:
             raise ConfigError(f"model '{backbone}' is unknown; known: {', '.join(BACKBONES)}")
         self.kwargs = {"backbone": backbone, "n_fields": n_fields, "n_condition": n_condition,
-                       "n_slip": n_slip, "backbone_kwargs": dict(backbone_kwargs or {})}
+                       "n_slip": n_slip, "backbone_kwargs": dict(backbone_kwargs or {}), "slip_hidden": slip_hidden}
         self.field_norm = Normaliser(n_fields)
         self.condition_norm = Normaliser(n_condition, channel_dim=1)
         self.target_norm = Normaliser(features.N_TARGETS)
@@ -221,7 +222,7 @@ class Surrogate(nn.Module):
             raise ConfigError(f"model '{backbone}': bad arguments {self.kwargs['backbone_kwargs']} ({exc})") from None
         width = self.backbone.width
         self.head = nn.Sequential(nn.Conv2d(width, 2 * width, 1), nn.GELU(), nn.Conv2d(2 * width, features.N_TARGETS, 1))
-        self.slip_head = SlipSystemHead(width)
+        self.slip_head = SlipSystemHead(width, slip_hidden)
 
     def set_statistics(self, stats: dict) -> None:
         """Load normaliser statistics (see :func:`surrogate.data.channel_statistics`)."""
