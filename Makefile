@@ -35,6 +35,8 @@ benchmark: setup
 	$(PY) benchmarks/solver_throughput.py --out benchmarks/results/solver_throughput.json
 	$(PY) benchmarks/campaign_throughput.py
 	$(PY) benchmarks/fdm_throughput.py
+	@if [ -d data/default.zarr ]; then $(PY) benchmarks/surrogate_accuracy_speed.py --store data/default.zarr; \
+	else echo "surrogate benchmark skipped: make the default campaign's store data/default.zarr first (README)"; fi
 
 clean:
 	rm -rf demo_out .pytest_cache

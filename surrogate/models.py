@@ -105,14 +105,15 @@ class FNO2d(nn.Module):
         self.lift = nn.Conv2d(in_channels, width, 1)
         self.spectral = nn.ModuleList(SpectralConv2d(width, modes) for _ in range(layers))
         self.local = nn.ModuleList(nn.Conv2d(width, width, 1) for _ in range(layers))
-        self.mix = nn.ModuleList(nn.Conv2d(width, width, 3, padding=1, padding_mode="circular")
+        # depthwise: per-channel 3x3 stencils; the 1x1 "local" convolution mixes channels
+        self.mix = nn.ModuleList(nn.Conv2d(width, width, 3, padding=1, padding_mode="circular", groups=width)
                                  for _ in range(layers))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # no position channels: a periodic cell has no preferred place, so the map is translation-equivariant
         h = self.lift(x)
         for spectral, local, mix in zip(self.spectral, self.local, self.mix):
-            # the 3x3 (periodic) convolution carries the sharp grain-boundary contrasts that a
+            # the 3x3 (periodic, depthwise) convolution carries the sharp grain-boundary contrasts that a
             # truncated Fourier series smooths out; it acts on voxel neighbours at any resolution
             h = F.gelu(spectral(h) + local(h) + mix(h))
         return h
