@@ -120,10 +120,16 @@ def _update(acc: _Accumulator, batch: dict, pred: dict, trust: torch.Tensor, las
     tau = tolerance * torch.maximum(vm_p, floor)
     acc.trust.append(trust.double().flatten().numpy())
     acc.within.append(((vm_p - vm_t).abs() <= tau).flatten().numpy())
+    # stress along the nominal stress direction (the condition's Voigt direction, shears x sqrt 2)
+    sdir = batch["condition"][:, len(MODES):len(MODES) + 6].double()
+    w = torch.tensor([1, 1, 1, math.sqrt(2), math.sqrt(2), math.sqrt(2)], dtype=torch.float64)
+    along_p = (mean_p * w * sdir).sum(1)
+    along_m = (macro * w * sdir).sum(1)
     for i, s in enumerate(batch["sample"].tolist()):
-        rec = acc.per_sample.setdefault(s, {"trust": [], "ape": []})
+        rec = acc.per_sample.setdefault(s, {"trust": [], "ape": [], "curve": []})
         rec["trust"].append(float(trust[i].mean()))
         rec["ape"].append(float(ape[i].mean()))
+        rec["curve"].append((float(batch["condition"][i, len(MODES) + 6]), float(along_m[i]), float(along_p[i])))
 
 
 def _summary(acc: _Accumulator) -> dict[str, Any]:
@@ -192,7 +198,9 @@ def evaluate_split(ensemble: Ensemble, store: str, samples: list[int], batch_siz
                              "pred": pred["values"][i].numpy(), "trust": trust[i].numpy(),
                              "vm_true": von_mises(batch["target"][i:i + 1, :6])[0].numpy(),
                              "vm_pred": pred["von_mises"][i].numpy()})
-    return _summary(acc), kept
+    summary = _summary(acc)
+    summary["curves"] = {str(k): sorted(v["curve"]) for k, v in list(acc.per_sample.items())[:keep]}
+    return summary, kept
 
 
 def timing(ensemble: Ensemble, store: str, samples: list[int], repeats: int = 3) -> dict[str, float]:
@@ -301,6 +309,24 @@ def _plots(report: dict, maps: dict, out: Path) -> list[str]:
             fig.savefig(path, dpi=110)
             plt.close(fig)
             pictures.append(str(path))
+    # macroscopic curves: solver (stored volume average) vs surrogate (voxel mean), a few samples per split
+    for name, m in report["splits"].items():
+        curves = m.get("curves", {})
+        if not curves:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 4), constrained_layout=True)
+        for k, (sample, pts) in enumerate(curves.items()):
+            e, sm, sp = (np.array(v) for v in zip(*pts))
+            line, = ax.plot(100 * e, sm / 1e6, "-", label=f"sample {sample}: solver")
+            ax.plot(100 * e, sp / 1e6, "o", color=line.get_color(), mfc="none", label="surrogate")
+        ax.set_xlabel("applied strain (%)")
+        ax.set_ylabel("mean stress along the nominal stress direction (MPa)")
+        ax.legend(fontsize=7)
+        ax.set_title(f"{name}: macroscopic curves")
+        path = out / f"{name}_curves.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        pictures.append(str(path))
     # reliability of the trust score, every split on one plot
     fig, ax = plt.subplots(figsize=(4.5, 4.2), constrained_layout=True)
     ax.plot([0, 1], [0, 1], "k:", label="perfectly calibrated")
