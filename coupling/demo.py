@@ -102,7 +102,10 @@ def run_demo(comm, out: pathlib.Path, model: pathlib.Path = DEFAULT_MODEL) -> di
     from surrogate.uncertainty import load_model
 
     say(f"\n2) the surrogate ({model})", flush=True)
+    from surrogate.data import check_fits, store_info
+
     ensemble = load_model(model)
+    check_fits(ensemble.meta["store"], store_info(solver_summary["store"]))
     group = zarr.open_group(solver_summary["store"], mode="r")
     euler0 = np.asarray(group["euler0"][0][0], dtype=float)
     grain_id = np.asarray(group["grain_id"][0][0])

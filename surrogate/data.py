@@ -72,6 +72,12 @@ def store_info(path: str | Path) -> StoreInfo:
     size = cfg.get("microstructure", {}).get("size", [1.0, 1.0, 1.0])
     voxel = tuple(float(s) / float(c) for s, c in zip(size, cells))
     material = dict(a["material"])
+    if "materials" in material:
+        raise StoreError(f"{path}: a campaign over several materials; the surrogate learns one material per model "
+                         "(make one store per material)")
+    if int(a["n_steps"]) < 2:
+        raise StoreError(f"{path}: {a['n_steps']} output step(s); the surrogate needs the initial state and at "
+                         "least one loaded step")
     return StoreInfo(path=str(path), fingerprint=str(a["config_fingerprint"]), lattice=str(a["lattice"]),
                      n_slip=int(a["n_slip"]), grid_shape=grid, n_steps=int(a["n_steps"]), material=material,
                      voxel_size=voxel)
@@ -115,7 +121,7 @@ class SplitSpec:
         validation, test: fractions of the in-distribution samples.
         seed: the shuffle seed (recorded with the model).
         held_out: rules for the out-of-distribution split, any of
-            ``{"direction": [x, y, z]}`` (load axis parallel to it, either sign),
+            ``{"direction": [x, y, z]}`` (load axis parallel to it within 1 degree, either sign),
             ``{"mode": name}``, ``{"strain_above": s}``; a sample matching any rule is held out.
     """
 
@@ -134,6 +140,8 @@ class SplitSpec:
         for frac in (spec.validation, spec.test):
             if not (isinstance(frac, (int, float)) and 0 <= frac < 1):
                 raise ConfigError(f"split: fractions must be in [0, 1), got {frac!r}")
+        if spec.validation <= 0:
+            raise ConfigError("split: validation must be positive (it selects the best epoch and calibrates the trust)")
         if spec.validation + spec.test >= 1:
             raise ConfigError("split: validation + test must leave samples to train on")
         rules = spec.held_out if isinstance(spec.held_out, list) else [spec.held_out]
@@ -155,7 +163,7 @@ def _held_out_mask(rule: Mapping[str, Any], modes: np.ndarray, directions: np.nd
     if "direction" in rule:
         d = np.asarray(rule["direction"], dtype=float)
         d = d / np.linalg.norm(d)
-        return np.abs(np.abs(directions @ d) - 1.0) < 1e-6
+        return np.abs(directions @ d) > math.cos(math.radians(1.0))  # parallel within 1 degree, either sign
     if "mode" in rule:
         return modes == MODES.index(rule["mode"])
     return strains > float(rule["strain_above"])

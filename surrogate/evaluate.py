@@ -151,7 +151,7 @@ def _summary(acc: _Accumulator) -> dict[str, Any]:
                                "no_rotation_p95": float(np.percentile(mis0, 95))},
         "macro_curve": {"median_relative_error": float(np.median(cat(acc.macro))),
                         "p95_relative_error": float(np.percentile(cat(acc.macro), 95))},
-        "boundary": {"von_mises_mape": float(cat(acc.ape_gb).mean()),
+        "boundary": {"von_mises_mape": float(cat(acc.ape_gb).mean()) if cat(acc.ape_gb).size else None,
                      "stress_nrmse": math.sqrt(acc.sq_gb / max(acc.sq_gb_t, 1e-300))},
         "interior": {"von_mises_mape": float(cat(acc.ape_in).mean()) if cat(acc.ape_in).size else None,
                      "stress_nrmse": math.sqrt(acc.sq_in / max(acc.sq_in_t, 1e-300))},
@@ -273,8 +273,8 @@ def evaluate(model_dir: str | Path, store: str | Path, out: str | Path, *, split
             f"macro error {100 * metrics['macro_curve']['median_relative_error']:.2f} %, slip system "
             f"{100 * metrics['slip_system']['accuracy']:.1f} % (Schmid {100 * metrics['slip_system']['schmid_accuracy']:.1f} %), "
             f"trust {metrics['trust']['mean']:.2f} ({time.perf_counter() - t0:.0f} s)")
-    first = next(iter(chosen.values()))
-    report["speed"] = timing(ensemble, str(store), first)
+    first = next((v for v in chosen.values() if v), None)
+    report["speed"] = timing(ensemble, str(store), first) if first else None
     report["calibration"] = ensemble.meta.get("calibration")
     if plots:
         report["pictures"] = _plots(report, maps, out)

@@ -102,8 +102,8 @@ def load_condition(mode: str, direction, strain_now: float, rate: float) -> np.n
     """Conditioning vector of one load state, ``(N_CONDITION,)``.
 
     Mode one-hot (:data:`solver.loading.MODES` order), the nominal stress
-    direction in Voigt form (shear components doubled so the Voigt dot product
-    is the tensor one), the applied engineering strain reached at this step and
+    direction in Voigt form (shear components times sqrt 2, so the Euclidean
+    norm of the 6-vector is the tensor's Frobenius norm), the applied engineering strain reached at this step and
     ``log10(rate)``.
     """
     onehot = np.zeros(N_MODES)

@@ -174,20 +174,21 @@ class SlipSystemHead(nn.Module):
     """Dominant-slip-system logits, equivariant under relabelling of the systems.
 
     The score of system ``s`` is one shared small network of the voxel's hidden
-    features and that system's own Schmid factor ``m_s``, so the symmetric
-    equivalents of an orientation (which permute the systems and their Schmid
-    factors alike) get the same answer, relabelled.
+    features and that system's own Schmid factor magnitude ``|m_s|``, so the
+    symmetric equivalents of an orientation (which permute the systems, and
+    flip the signs of some Schmid factors, since a system's slip direction is
+    defined up to sign) get the same answer, relabelled.
     """
 
     def __init__(self, width: int, hidden: int = 16):
         super().__init__()
         self.features = nn.Conv2d(width, hidden, 1)
-        self.schmid = nn.Parameter(torch.randn(hidden, 2) * 0.5)
+        self.schmid = nn.Parameter(torch.randn(hidden, 2) * 0.5)  # acts on (|m|, m^2)
         self.out = nn.Parameter(torch.randn(hidden) / hidden ** 0.5)
 
     def forward(self, h: torch.Tensor, schmid: torch.Tensor) -> torch.Tensor:
         a = self.features(h)[:, None]  # (B, 1, K, y, x)
-        m = torch.stack([schmid, schmid.abs()], dim=2)  # (B, ns, 2, y, x)
+        m = torch.stack([schmid.abs(), schmid.square()], dim=2)  # (B, ns, 2, y, x); signs carry no meaning
         z = F.gelu(a + torch.einsum("kc,bscyx->bskyx", self.schmid, m))
         return torch.einsum("bskyx,k->bsyx", z, self.out)  # (B, ns, y, x)
 

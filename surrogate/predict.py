@@ -40,7 +40,7 @@ def predict_map(ensemble: Ensemble, euler: np.ndarray, grain_id: np.ndarray, mod
         ``slip`` (total accumulated slip) and ``von_mises_stress`` ``(steps+1, ny, nx)``;
         ``trust`` ``(steps+1, ny, nx)`` (1 at step 0); ``macro_stress`` ``(steps+1, 6)``
         (voxel means); ``applied_strain`` ``(steps+1,)``; ``dominant_slip_system``
-        ``(ny, nx)`` at the last step; ``sample_trust`` (domain factor included),
+        ``(ny, nx)`` at the last step (-1 where the predicted slip says elastic); ``sample_trust`` (domain factor included),
         ``domain_reason``; ``seconds``.
 
     Raises:
@@ -85,7 +85,8 @@ def predict_map(ensemble: Ensemble, euler: np.ndarray, grain_id: np.ndarray, mod
         "trust": np.concatenate([np.ones((1, ny, nx)), trust]),
         "macro_stress": stress.mean(axis=(1, 2)),
         "applied_strain": applied,
-        "dominant_slip_system": pred["slip_probability"][-1].argmax(0).numpy(),
+        "dominant_slip_system": np.where(values[-1, 15] >= features.PLASTIC_SLIP,
+                                         pred["slip_probability"][-1].argmax(0).numpy(), -1),
         "sample_trust": float(trust.mean()) * factor,
         "domain_factor": factor,
         "domain_reason": reason,

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
-from solver.errors import ConfigError, ModelError
+from solver.errors import ConfigError, ModelError, StoreError
 from solver.loading import MODES
 
 from . import checkpoint, features, losses
@@ -57,7 +57,9 @@ class Context:
             self.device = torch.device("cpu")
         self.distributed = self.world > 1
         if self.distributed and not dist.is_initialized():
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            # rank 0 alone calibrates the ensemble at the end: give the others time to wait for it
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo",
+                                    timeout=datetime.timedelta(hours=2))
 
     def say(self, *args) -> None:
         if self.rank == 0:
@@ -66,6 +68,14 @@ class Context:
     def barrier(self) -> None:
         if self.distributed:
             dist.barrier()
+
+    def from_rank0(self, value):
+        """``value`` of rank 0 on every rank (a plain Python object)."""
+        if not self.distributed:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
 
     def all_sum(self, values: torch.Tensor) -> torch.Tensor:
         if self.distributed:
@@ -266,21 +276,36 @@ def train(store: str | Path, out: str | Path, config=None, *, resume: bool = Fal
     cfg = train_config(config, **(overrides or {}))
     info = store_info(store)
     out = Path(out)
+    # rank 0 decides (directory, splits); every rank then raises the same error or gets the same splits,
+    # so no rank waits in a collective call for one that failed
+    decision = {"error": None, "splits": None}
     if ctx.rank == 0:
-        if out.exists() and not out.is_dir():
-            raise ModelError(f"{out}: exists and is not a directory")
-        _refuse_foreign(out, cfg, info, resume)
-        out.mkdir(parents=True, exist_ok=True)
-    ctx.barrier()
+        try:
+            if out.exists() and not out.is_dir():
+                raise ModelError(f"{out}: exists and is not a directory")
+            _refuse_foreign(out, cfg, info, resume)
+            recorded = out / "train_config.json"
+            if resume and recorded.is_file():
+                # the recorded split, never a new one: the store may have gained samples since
+                decision["splits"] = json.loads(recorded.read_text())["splits"]
+            else:
+                decision["splits"] = make_splits(store, SplitSpec.from_config(cfg["split"]))
+            if not decision["splits"]["validation"]:
+                raise ConfigError(f"{store}: too few samples for a validation split "
+                                  f"({sum(map(len, decision['splits'].values()))} done)")
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "train_config.json").write_text(json.dumps({"config": cfg, "store": info.signature(),
+                                                               "splits": decision["splits"]}, indent=1))
+        except (ConfigError, ModelError, StoreError) as exc:
+            decision["error"] = (type(exc).__name__, str(exc))
+    decision = ctx.from_rank0(decision)
+    if decision["error"]:
+        kind, msg = decision["error"]
+        raise {"ConfigError": ConfigError, "ModelError": ModelError, "StoreError": StoreError}[kind](msg)
+    splits = decision["splits"]
     log = (lambda msg: None) if quiet else ctx.say
-    splits = make_splits(store, SplitSpec.from_config(cfg["split"]))
-    if not splits["validation"]:
-        raise ConfigError(f"{store}: too few samples for a validation split ({sum(map(len, splits.values()))} done)")
     datasets = {name: CampaignDataset(store, splits[name], cache_samples=cfg["cache_samples"])
                 for name in ("train", "validation")}
-    if ctx.rank == 0:
-        (out / "train_config.json").write_text(json.dumps({"config": cfg, "store": info.signature(),
-                                                           "splits": splits}, indent=1))
     log(f"train: {info.path}: {len(splits['train'])} training, {len(splits['validation'])} validation, "
         f"{len(splits['test'])} test, {len(splits['held_out'])} held-out samples; "
         f"{cfg['model']} {cfg['model_kwargs']} x {cfg['ensemble']} member(s), {cfg['epochs']} epochs, "
@@ -309,7 +334,7 @@ def train(store: str | Path, out: str | Path, config=None, *, resume: bool = Fal
                 "training_domain": training_domain(str(store), splits["train"]),
                 "metrics": {"members": [r["best"] for r in results]}, "versions": checkpoint.versions(),
                 "train_seconds": time.perf_counter() - t0, "processes": ctx.world, "device": ctx.device.type}
-        ensemble = Ensemble([_load_member(out / m) for m in members], meta)
+        ensemble = Ensemble([_load_member(out / m) for m in members], meta).to(ctx.device)
         cal_loader = DataLoader(datasets["validation"], batch_size=cfg["batch_size"], collate_fn=collate)
         meta["calibration"] = calibrate(ensemble, cal_loader, cfg["trust_tolerance"])
         (out / "model.json").write_text(json.dumps(meta, indent=1))
