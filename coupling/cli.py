@@ -112,6 +112,14 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    from coupling.whatif import run_predict
+
+    run_predict(_comm(), args.model, args.microstructure, args.load, args.out, verify=args.verify,
+                trust_threshold=args.trust_threshold, steps=args.steps, quiet=args.quiet)
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from surrogate.evaluate import evaluate
 
@@ -165,6 +173,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in --out (same config and store)")
     t.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     t.set_defaults(func=cmd_train)
+
+    w = sub.add_parser("predict", help="what-if: fields, pictures and a trust score from the surrogate in seconds "
+                                       "(the solver checks with --verify, and answers when trust is low)")
+    w.add_argument("--model", required=True, help="model directory (e.g. surrogate/pretrained/default)")
+    w.add_argument("--microstructure", required=True, help=".ang, .ctf, .npz, or STORE.zarr:INDEX (a 2-D map)")
+    w.add_argument("--load", required=True, help="'MODE STRAIN [x,y,z]', e.g. 'tension 0.005 [1,0,0]' or 'shear 0.5%%'")
+    w.add_argument("--out", required=True, help="output directory")
+    w.add_argument("--verify", action="store_true", help="also run the solver and report the surrogate's errors")
+    w.add_argument("--trust-threshold", type=float, default=0.5,
+                   help="below this trust score the solver answers instead (default 0.5)")
+    w.add_argument("--steps", type=int, default=10, help="output steps (default 10)")
+    w.add_argument("--quiet", action="store_true")
+    w.set_defaults(func=cmd_predict)
 
     e = sub.add_parser("evaluate", help="accuracy, calibration and speed of a trained model on a store (JSON, PNGs)")
     e.add_argument("--model", required=True, help="model directory written by slipstream train")

@@ -29,19 +29,26 @@ CONFIG = {
 }
 
 
-def surrogate_pictures(pred: dict, solver_fields: dict, out: pathlib.Path, lattice: str) -> list[pathlib.Path]:
-    """PNGs of a prediction, with the solver's curve and von Mises map beside it when given."""
+def along(voigt: np.ndarray, direction) -> np.ndarray:
+    """``d . A . d`` of Voigt tensors ``(..., 6)`` (tensor shear components) along a unit ``d``."""
+    d = np.asarray(direction, dtype=float)
+    d = d / np.linalg.norm(d)
+    w = np.array([d[0] ** 2, d[1] ** 2, d[2] ** 2, 2 * d[1] * d[2], 2 * d[0] * d[2], 2 * d[0] * d[1]])
+    return np.asarray(voigt) @ w
+
+
+def surrogate_pictures(pred: dict, solver_fields: dict | None, out: pathlib.Path, lattice: str,
+                       direction=LOAD["direction"]) -> list[pathlib.Path]:
+    """PNGs of a prediction, with the solver's curve and von Mises error map beside it when given."""
     from solver import plots
 
-    d = np.asarray(LOAD["direction"], dtype=float)
     pngs = []
-    along = d ** 2  # normal components along a lab-axis load
-    curves_e = [pred["strain"].mean(axis=(1, 2))[:, :3] @ along]
-    curves_s = [pred["macro_stress"][:, :3] @ along]
+    curves_e = [along(pred["strain"].mean(axis=(1, 2)), direction)]
+    curves_s = [along(pred["macro_stress"], direction)]
     labels = ["surrogate (voxel mean)"]
     if solver_fields is not None:
-        curves_e.append(solver_fields["macro_strain"][:, :3] @ along)
-        curves_s.append(solver_fields["macro_stress"][:, :3] @ along)
+        curves_e.append(along(solver_fields["macro_strain"], direction))
+        curves_s.append(along(solver_fields["macro_stress"], direction))
         labels.append("solver")
     pngs.append(plots.stress_strain_curve(curves_e, curves_s, out / "stress_strain.png",
                                           xlabel="true (Hencky) strain along the load direction",
