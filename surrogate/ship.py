@@ -23,18 +23,18 @@ from .uncertainty import load_model
 HALF_ABOVE = 4096
 
 
-def ship(model_dir: str | Path, dest: str | Path) -> list[Path]:
-    """Write the compact copy; returns the files written."""
+def ship(model_dir: str | Path, dest: str | Path, half_above: int = HALF_ABOVE) -> list[Path]:
+    """Write the compact copy (tensors of more than ``half_above`` entries in float16); returns the files."""
     model_dir, dest = Path(model_dir), Path(dest)
     ensemble = load_model(model_dir)  # refuses a broken directory before anything is written
     dest.mkdir(parents=True, exist_ok=True)
     written = []
     for name in ensemble.meta["members"]:
         ckpt = checkpoint.load(model_dir / name)
-        state = {k: (v.half() if v.is_floating_point() and v.numel() > HALF_ABOVE and "norm" not in k else v)
+        state = {k: (v.half() if v.is_floating_point() and v.numel() > half_above and "norm" not in k else v)
                  for k, v in ckpt["state_dict"].items()}
         payload = {k: v for k, v in ckpt.items() if k not in ("format", "versions", "state_dict")}
-        checkpoint.save(dest / name, {**payload, "state_dict": state, "half_precision_above": HALF_ABOVE})
+        checkpoint.save(dest / name, {**payload, "state_dict": state, "half_precision_above": half_above})
         written.append(dest / name)
     for name in ("model.json", "train_config.json"):
         if (model_dir / name).is_file():

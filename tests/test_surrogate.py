@@ -300,6 +300,20 @@ def test_resume_after_a_kill_gives_the_uninterrupted_result(store, tmp_path, mon
             torch.testing.assert_close(a[k], b[k], msg=k)
 
 
+def test_shipped_copy_predicts_as_the_original(trained, tmp_path):
+    from surrogate.ship import ship
+    from surrogate.uncertainty import load_model
+
+    ship(trained, tmp_path / "shipped", half_above=100)
+    half = torch.load(tmp_path / "shipped" / "member_0.pt", weights_only=True)["state_dict"]
+    assert any(v.dtype == torch.float16 for v in half.values())
+    assert half["target_norm.std"].dtype == torch.float32  # statistics keep full precision
+    a, b = load_model(trained), load_model(tmp_path / "shipped")
+    x, c, s = torch.randn(2, 30, 8, 8), torch.randn(2, 14), torch.randn(2, 12, 8, 8)
+    pa, pb = a.predict(x, c, s)["values"], b.predict(x, c, s)["values"]
+    assert float((pa - pb).abs().max() / pa.abs().max()) < 1e-2  # float16 weights: ~1e-3 relative
+
+
 def test_a_model_refuses_a_store_of_another_material(trained, tmp_path):
     from surrogate.evaluate import evaluate
 
