@@ -9,7 +9,11 @@ scale), and report the coverage of the nominal 50/80/90/95 % intervals.
 Trust score. Per voxel, the probability under the calibrated Gaussian that the
 von Mises stress is within ``tolerance`` (relative, default 5 %) of the truth::
 
-    trust = erf(tau / (sqrt(2) c sigma_vm)),   tau = tolerance * max(vm, vm_mean / 4)
+    trust = erf(tau / (sqrt(2) c_t sigma_vm)),   tau = tolerance * max(vm, vm_mean / 4)
+
+The errors are heavy-tailed, so ``c_t`` is fitted on its own: the factor whose
+trust best predicts, on validation, whether each voxel's error is within
+tolerance (least Brier score, as temperature scaling does for classifiers).
 
 (``vm_mean / 4`` keeps nearly unloaded voxels from asking for a vanishing
 absolute error). A sample's trust is the mean over its voxels and steps,
@@ -101,7 +105,7 @@ class Ensemble:
         cal = self.meta.get("calibration")
         if not cal:
             raise ModelError("this model has no calibration (model.json lacks 'calibration'); retrain or recalibrate")
-        return trust_score(pred["von_mises"], pred["von_mises_spread"], cal["scale"]["von_mises"],
+        return trust_score(pred["von_mises"], pred["von_mises_spread"], cal.get("trust_scale", cal["scale"]["von_mises"]),
                            float(self.meta["config"]["trust_tolerance"]))
 
     def domain_factor(self, mode: str, strain: float) -> tuple[float, str]:
@@ -206,13 +210,43 @@ def calibrate(ensemble: Ensemble, loader, tolerance: float) -> dict[str, Any]:
         c = float(torch.sqrt(torch.mean(r ** 2))) if r.numel() else 1.0
         scale[g] = c
         coverage[g] = {str(level): float((r.abs() <= c * _z_quantile(level)).double().mean()) for level in COVERAGE_LEVELS}
-    spread = torch.cat([t[0] for t in trust_vals])
-    tau = torch.cat([t[1] for t in trust_vals])
-    trust = torch.erf(tau / (math.sqrt(2.0) * (scale["von_mises"] * spread).clamp_min(1e-30)))
+    spread = torch.cat([t[0] for t in trust_vals]).double()
+    tau = torch.cat([t[1] for t in trust_vals]).double()
     hit = torch.cat(within).double()
+    # the errors are heavy-tailed (the RMS scale over-covers the bulk), so the trust gets its own scale:
+    # the one whose probabilities best match the observed hits (least Brier score; temperature scaling)
+    candidates = scale["von_mises"] * torch.logspace(-2, 1, 61, dtype=torch.float64)
+    brier = [float(((torch.erf(tau / (math.sqrt(2.0) * (c * spread).clamp_min(1e-30))) - hit) ** 2).mean())
+             for c in candidates]
+    trust_scale = float(candidates[int(np.argmin(brier))])
+    trust = torch.erf(tau / (math.sqrt(2.0) * (trust_scale * spread).clamp_min(1e-30)))
     table, ece = reliability(trust.numpy(), hit.numpy())
-    return {"scale": scale, "coverage": coverage, "reliability": table, "expected_calibration_error": ece,
-            "n_voxels": int(hit.numel()), "tolerance": tolerance}
+    return {"scale": scale, "coverage": coverage, "trust_scale": trust_scale, "brier_score": float(min(brier)),
+            "reliability": table, "expected_calibration_error": ece, "n_voxels": int(hit.numel()),
+            "tolerance": tolerance}
+
+
+def recalibrate(model_dir: str | Path, store: str | Path, batch_size: int = 32) -> dict[str, Any]:
+    """Calibrate a trained model again on its validation split (after a change of the calibration method).
+
+    Writes the new ``calibration`` into ``model_dir/model.json`` and returns it.
+    """
+    from torch.utils.data import DataLoader
+
+    from .data import CampaignDataset, check_fits, store_info
+    from .train import collate
+
+    ensemble = load_model(model_dir)
+    info = store_info(store)
+    check_fits(ensemble.meta["store"], info)
+    if ensemble.meta["store"]["fingerprint"] != info.fingerprint:
+        raise ModelError(f"{store}: not the store {model_dir} was trained on; its validation split lives there")
+    loader = DataLoader(CampaignDataset(store, ensemble.meta["splits"]["validation"]), batch_size=batch_size,
+                        collate_fn=collate)
+    cal = calibrate(ensemble, loader, float(ensemble.meta["config"]["trust_tolerance"]))
+    meta = dict(ensemble.meta, calibration=cal)
+    (Path(model_dir) / "model.json").write_text(json.dumps(meta, indent=1))
+    return cal
 
 
 def reliability(trust: np.ndarray, hit: np.ndarray, bins: int = 10) -> tuple[list[dict], float]:
