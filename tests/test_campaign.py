@@ -123,7 +123,7 @@ def test_sample_depends_only_on_seed_and_index():
 def test_default_campaign_config_is_valid():
     spec = campaign.load_campaign(ROOT / "examples" / "campaign_default.yaml")
     assert spec.grid_shape[0] == 1 and spec.samples >= 100  # 2-D maps, a few hundred samples
-    assert spec.material_objects[0].name == "Cu"
+    assert spec.material_objects[0].name == "Al-DAMASK"  # the shipped surrogate's material
 
 
 # ---------------------------------------------------------- fake solver ----

@@ -252,9 +252,47 @@ def test_training_learns_the_closed_form_response(tmp_path):
         # a model that learned nothing has nRMSE 1 (it predicts the mean)
         assert member["nrmse_stress"] < 0.7
         assert member["nrmse_slip"] < 0.7
-    assert meta["calibration"]["scale"]["von_mises"] > 0
+    assert meta["calibration"]["scale"]["von_mises"] > 0 and meta["calibration"]["trust_scale"] > 0
     assert set(meta["splits"]) == {"train", "validation", "test", "held_out"}
     assert meta["training_domain"]["strain_max"] <= 0.01
+
+
+class _GaussianEnsemble:
+    """Errors exactly Gaussian with twice the reported spread: calibration must find the 2."""
+
+    device = torch.device("cpu")
+
+    def predict(self, fields, condition, schmid):
+        from surrogate.uncertainty import von_mises
+
+        g = torch.Generator().manual_seed(int(fields.sum() * 1e3) % 2 ** 31)
+        target = fields  # the fake batches carry the target in `fields`
+        spread = 0.1 * target.abs() + 1.0
+        # the batches hold a uniaxial stress of ~1000: spreads from 0.5 % to 4 % of it give trusts from
+        # ~0.5 to ~1, and the error moves the tolerance (5 % of the *predicted* stress) only a little
+        vm = von_mises(target[:, :6])
+        vm_spread = 5.0 + 35.0 * torch.rand(vm.shape, generator=g, dtype=vm.dtype)
+        return {"values": target + 2.0 * spread * torch.randn(target.shape, generator=g, dtype=target.dtype),
+                "spread": spread, "von_mises": vm + 2.0 * vm_spread * torch.randn(vm.shape, generator=g, dtype=vm.dtype),
+                "von_mises_spread": vm_spread}
+
+
+def test_calibration_recovers_a_known_spread_factor():
+    from surrogate.uncertainty import calibrate
+
+    torch.manual_seed(0)
+    batches = []
+    for _ in range(8):
+        t = torch.randn(4, 16, 16, 16, dtype=torch.float64) * 5.0
+        t[:, 0] += 1000.0
+        batches.append({"fields": t, "condition": None, "schmid": None, "target": t})
+    cal = calibrate(_GaussianEnsemble(), batches, tolerance=0.05)
+    for group in ("stress", "strain", "rotation", "slip"):
+        assert cal["scale"][group] == pytest.approx(2.0, rel=0.03)
+        assert cal["coverage"][group]["0.9"] == pytest.approx(0.9, abs=0.01)
+    # the trust scale is fitted to the hits, not assumed: about 2 as well (the grid steps 12 %), and calibrated
+    assert cal["trust_scale"] == pytest.approx(2.0, rel=0.15)
+    assert cal["expected_calibration_error"] < 0.02
 
 
 def test_checkpoints_are_plain_and_checked(trained, tmp_path):
