@@ -122,7 +122,9 @@ class SplitSpec:
         seed: the shuffle seed (recorded with the model).
         held_out: rules for the out-of-distribution split, any of
             ``{"direction": [x, y, z]}`` (load axis parallel to it within 1 degree, either sign),
-            ``{"mode": name}``, ``{"strain_above": s}``; a sample matching any rule is held out.
+            ``{"mode": name}``, ``{"strain_above": s}``, ``{"texture": t}`` (``t`` the index
+            of a texture in the campaign config's list, or its name: ``random``, a
+            component name such as ``cube``, or ``fibre``); a sample matching any rule is held out.
     """
 
     validation: float = 0.1
@@ -147,8 +149,9 @@ class SplitSpec:
         rules = spec.held_out if isinstance(spec.held_out, list) else [spec.held_out]
         for rule in rules:
             if not (isinstance(rule, dict) and len(rule) == 1
-                    and next(iter(rule)) in ("direction", "mode", "strain_above")):
-                raise ConfigError(f"split.held_out: each rule is one of direction/mode/strain_above, got {rule!r}")
+                    and next(iter(rule)) in ("direction", "mode", "strain_above", "texture")):
+                raise ConfigError("split.held_out: each rule is one of direction/mode/strain_above/texture, "
+                                  f"got {rule!r}")
             if "mode" in rule and rule["mode"] not in MODES:
                 raise ConfigError(f"split.held_out: unknown mode {rule['mode']!r}")
         spec.held_out = rules
@@ -158,8 +161,36 @@ class SplitSpec:
         return {"validation": self.validation, "test": self.test, "seed": self.seed, "held_out": self.held_out}
 
 
+def _texture_name(entry: Any) -> str:
+    if isinstance(entry, str):
+        return entry
+    if isinstance(entry, dict) and "component" in entry:
+        return str(entry["component"].get("name"))
+    return next(iter(entry)) if isinstance(entry, dict) and entry else str(entry)
+
+
+def _sample_textures(group, samples: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Texture index of each sample (from the campaign's sample plan) and the texture names."""
+    from solver.campaign import parse_campaign, sample_plan
+
+    try:
+        spec = parse_campaign(dict(group.attrs["config"]))
+    except Exception as exc:  # not a campaign config (a simulate run, a synthetic store)
+        raise StoreError(f"texture rules need a store made by 'slipstream campaign' ({' '.join(str(exc).split())[:80]})"
+                         ) from None
+    return np.array([sample_plan(spec, int(i))["texture"] for i in samples]), [_texture_name(t) for t in spec.textures]
+
+
 def _held_out_mask(rule: Mapping[str, Any], modes: np.ndarray, directions: np.ndarray,
-                   strains: np.ndarray) -> np.ndarray:
+                   strains: np.ndarray, textures=None) -> np.ndarray:
+    if "texture" in rule:
+        index, names = textures
+        want = rule["texture"]
+        if isinstance(want, str):
+            if want not in names:
+                raise ConfigError(f"split.held_out: texture {want!r} is not in the campaign's textures {names}")
+            return np.isin(index, [k for k, n in enumerate(names) if n == want])
+        return index == int(want)
     if "direction" in rule:
         d = np.asarray(rule["direction"], dtype=float)
         d = d / np.linalg.norm(d)
@@ -186,9 +217,10 @@ def make_splits(path: str | Path, spec: SplitSpec) -> dict[str, list[int]]:
     modes = group["load_mode"][:][done]
     directions = group["load_direction"][:][done]
     strains = group["load_strain"][:][done]
+    textures = _sample_textures(group, done) if any("texture" in r for r in spec.held_out) else None
     held = np.zeros(done.size, dtype=bool)
     for rule in spec.held_out:
-        held |= _held_out_mask(rule, modes, directions, strains)
+        held |= _held_out_mask(rule, modes, directions, strains, textures)
     rest = done[~held]
     rng = np.random.default_rng(spec.seed)
     rest = rest[rng.permutation(rest.size)]

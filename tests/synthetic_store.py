@@ -33,14 +33,14 @@ def voronoi_map(n: int, grains: int, rng) -> np.ndarray:
 
 
 def make_store(path, *, samples: int = 12, n: int = 8, steps: int = 3, seed: int = 0, material: str = "Al-DAMASK",
-               directions=None, grid=None):
+               directions=None, grid=None, config=None):
     """Write a finished synthetic store; returns its path."""
     rng = np.random.default_rng(seed)
     mat = material_from_config({"preset": material})
     C = mat.stiffness_tensor()
     directions = DIRECTIONS if directions is None else directions
     grid = (1, n, n) if grid is None else grid
-    cfg = {"synthetic": True, "seed": seed, "samples": samples, "n": n, "material": material}
+    cfg = config or {"synthetic": True, "seed": seed, "samples": samples, "n": n, "material": material}
     group = st.create_store(path, n_samples=samples, grid_shape=grid, n_steps=steps, n_slip=12, config=cfg,
                             material=mat.as_dict(), lattice="fcc")
     nz, ny, nx = grid

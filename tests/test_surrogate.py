@@ -214,7 +214,22 @@ def test_splits_are_by_sample_disjoint_seeded_and_hold_out_by_rule(store):
     c = data.make_splits(store, data.SplitSpec.from_config({**spec.as_dict(), "seed": 6}))
     assert c["held_out"] == held and c["train"] != a["train"]
     with pytest.raises(ConfigError):
-        data.SplitSpec.from_config({"held_out": [{"texture": "cube"}]})
+        data.SplitSpec.from_config({"held_out": [{"grain_size": 3}]})
+
+
+def test_texture_rule_holds_out_the_samples_the_campaign_drew_with_that_texture(tmp_path):
+    from solver.campaign import load_campaign, sample_plan
+
+    spec = load_campaign(data.Path(__file__).resolve().parents[1] / "examples" / "campaign_default.yaml")
+    path = make_store(tmp_path / "c.zarr", samples=12, n=4, steps=2, config=spec.config)
+    split = data.make_splits(path, data.SplitSpec.from_config({"held_out": [{"texture": "cube"}]}))
+    cube = [i for i in range(12) if sample_plan(spec, i)["texture"] == 1]
+    assert split["held_out"] == cube and cube
+    with pytest.raises(ConfigError, match="goss"):
+        data.make_splits(path, data.SplitSpec.from_config({"held_out": [{"texture": "goss"}]}))
+    with pytest.raises(StoreError, match="campaign"):
+        data.make_splits(make_store(tmp_path / "s.zarr", samples=3, n=4, steps=2),
+                         data.SplitSpec.from_config({"held_out": [{"texture": 0}]}))
 
 
 def test_dataset_is_lazy_and_workers_see_the_same_items(store):
