@@ -20,17 +20,17 @@ SMALL = {"ensemble": 2, "epochs": 2, "batch_size": 8, "model_kwargs": {"width": 
 
 @pytest.fixture(scope="module")
 def model_and_map(tmp_path_factory):
-    """A small model (Al, synthetic store) and an 8 x 8 EBSD map written here."""
+    """A small model (Al, synthetic 8 x 8 maps) and a 12 x 12 EBSD map written here (larger than the training grid)."""
     from surrogate.train import train
 
     base = tmp_path_factory.mktemp("whatif")
     store = make_store(base / "syn.zarr", samples=12, n=8, steps=3)
     train(store, base / "model", SMALL, quiet=True)
     rng = np.random.default_rng(0)
-    gid = voronoi_map(8, 4, rng)
+    gid = voronoi_map(12, 4, rng)
     euler = np.stack([rng.uniform(0, 2 * np.pi, 4), np.arccos(rng.uniform(-1, 1, 4)),
                       rng.uniform(0, 2 * np.pi, 4)], -1)[gid]
-    ms = Microstructure(euler=euler[None], grain_id=gid[None].astype(np.int32), size=[8e-6, 8e-6, 1e-6],
+    ms = Microstructure(euler=euler[None], grain_id=gid[None].astype(np.int32), size=[12e-6, 12e-6, 1e-6],
                         periodic=False, source="test map")
     ang = base / "map.ang"
     write_microstructure(ang, ms)
@@ -60,7 +60,7 @@ def test_predict_writes_pictures_fields_and_trust(model_and_map, run_cli, tempdi
         assert (tempdir / "p" / name).stat().st_size > 1000
     import zarr
     g = zarr.open_group(str(tempdir / "p" / "prediction.zarr"), mode="r")
-    assert g["stress"].shape == (11, 8, 8, 6) and g["stress"].attrs["units"] == "Pa"
+    assert g["stress"].shape == (11, 12, 12, 6) and g["stress"].attrs["units"] == "Pa"
 
 
 @pytest.mark.skip_in_parallel
