@@ -13,6 +13,8 @@ Metrics (docs/surrogate.md gives the definitions and the published figures):
   for "no lattice rotation" (the deformed map = the initial one), for scale.
 * ``macro_curve``: relative error of the voxel mean of the predicted stress
   against the stored macroscopic stress, per step.
+* ``equilibrium_residual``: RMS of ``div sigma`` on the voxel grid (per voxel) over
+  RMS of ``sigma``, for the surrogate and, as the floor, for the solver's voxel stresses.
 * ``boundary`` / ``interior``: von Mises MAPE and stress nRMSE on grain-boundary
   voxels and on the others.
 * ``slip_system``: accuracy of the dominant slip system on plastic voxels,
@@ -63,6 +65,7 @@ class _Accumulator:
         self.macro = []
         self.per_sample: dict[int, dict[str, list]] = {}
         self.trust, self.within = [], []
+        self.div_p = self.div_t = self.div_n = 0.0
 
 
 def _update(acc: _Accumulator, batch: dict, pred: dict, trust: torch.Tensor, last_step: int, tolerance: float):
@@ -79,6 +82,11 @@ def _update(acc: _Accumulator, batch: dict, pred: dict, trust: torch.Tensor, las
     acc.tmax = np.maximum(acc.tmax, t[:, s_sl].amax(dim=(0, 2, 3)).numpy())
     acc.n_vox += t.shape[0] * t.shape[2] * t.shape[3]
 
+    # equilibrium: RMS of div(sigma) (per voxel) over RMS of sigma, for the surrogate and for the solver's own
+    # voxel stresses (the floor: the FE stress averaged per voxel is not exactly divergence-free on the grid)
+    acc.div_p += float(losses.divergence_2d(p[:, s_sl]).square().sum())
+    acc.div_t += float(losses.divergence_2d(t[:, s_sl]).square().sum())
+    acc.div_n += float(t[:, s_sl].square().sum())
     vm_t = von_mises(t[:, s_sl])
     vm_p = pred["von_mises"].double()
     ape = (vm_p - vm_t).abs() / vm_t.clamp_min(1e-30)
@@ -151,6 +159,8 @@ def _summary(acc: _Accumulator) -> dict[str, Any]:
                                "no_rotation_p95": float(np.percentile(mis0, 95))},
         "macro_curve": {"median_relative_error": float(np.median(cat(acc.macro))),
                         "p95_relative_error": float(np.percentile(cat(acc.macro), 95))},
+        "equilibrium_residual": {"surrogate": math.sqrt(acc.div_p / max(acc.div_n, 1e-300)),
+                                 "solver": math.sqrt(acc.div_t / max(acc.div_n, 1e-300))},
         "boundary": {"von_mises_mape": float(cat(acc.ape_gb).mean()) if cat(acc.ape_gb).size else None,
                      "stress_nrmse": math.sqrt(acc.sq_gb / max(acc.sq_gb_t, 1e-300))},
         "interior": {"von_mises_mape": float(cat(acc.ape_in).mean()) if cat(acc.ape_in).size else None,

@@ -381,7 +381,7 @@ def test_evaluate_reports_every_figure(trained, store, tmp_path):
     rep = evaluate(trained, store, tmp_path / "ev", quiet=True)
     assert set(rep["splits"]) == {"test", "held_out", "validation"}
     m = rep["splits"]["held_out"]
-    for key in ("nrmse", "stress_nmae", "von_mises_mape", "misorientation_deg", "macro_curve", "boundary",
+    for key in ("equilibrium_residual", "nrmse", "stress_nmae", "von_mises_mape", "misorientation_deg", "macro_curve", "boundary",
                 "interior", "slip_system", "trust"):
         assert key in m
     assert 0 <= m["slip_system"]["accuracy"] <= 1 and 0 <= m["trust"]["mean"] <= 1
