@@ -219,6 +219,21 @@ def sample_inputs(euler0: np.ndarray, grain_id: np.ndarray, mode: str, direction
     return {"fields": fields.astype(np.float32), "schmid": np.moveaxis(m, -1, 0).astype(np.float32)}
 
 
+def microstructure_summary(fields: np.ndarray) -> np.ndarray:
+    """Load-independent summary of a map's inputs, ``(N_ORIENTATION + 1,)``.
+
+    The voxel mean of the cubic orientation tensor (the texture's fourth-order
+    coefficients: isotropic for a random texture, far from it for a sharp one)
+    and the grain-boundary fraction (grain size). Used to tell whether a map
+    looks like the training maps.
+
+    Args:
+        fields: ``(C, ny, nx)`` channels of :func:`sample_inputs`.
+    """
+    fields = np.asarray(fields, dtype=np.float64)
+    return np.concatenate([fields[:N_ORIENTATION].mean(axis=(1, 2)), [fields[-2].mean()]])
+
+
 def n_field_channels(n_slip: int) -> int:
     """Number of per-voxel input channels of :func:`sample_inputs` (before the load condition)."""
     return N_ORIENTATION + n_slip + 1 + 2

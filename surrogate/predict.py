@@ -75,7 +75,7 @@ def predict_map(ensemble: Ensemble, euler: np.ndarray, grain_id: np.ndarray, mod
     omega = np.moveaxis(values[:, features.TARGETS["rotation"]], 1, -1)
     g = features.deformed_orientation(g0[None], omega)
     stress = np.concatenate([np.zeros((1, ny, nx, 6)), np.moveaxis(values[:, :6], 1, -1)])
-    factor, reason = ensemble.domain_factor(mode, float(strain))
+    factor, reason = ensemble.domain_factor(mode, float(strain), features.microstructure_summary(inputs["fields"]))
     return {
         "stress": stress,
         "strain": np.concatenate([np.zeros((1, ny, nx, 6)), np.moveaxis(values[:, 6:12], 1, -1)]),

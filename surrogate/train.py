@@ -247,15 +247,19 @@ def _refuse_foreign(out: Path, cfg: dict, info, resume: bool) -> None:
                          f"{before['store']['fingerprint'][:12]}, this one {info.fingerprint[:12]})")
 
 
-def training_domain(store: str, samples: list[int]) -> dict[str, Any]:
-    """Load modes and the strain range of the training samples (for the trust score's domain factor)."""
+def training_domain(store: str, samples: list[int], dataset: CampaignDataset | None = None) -> dict[str, Any]:
+    """Load modes, strain range and map statistics of the training samples (the trust score's domain factor)."""
     from solver import store as _store
+
+    from .uncertainty import microstructure_domain
 
     group = _store.open_store(store, "r")
     modes = group["load_mode"][:][samples]
     strains = group["load_strain"][:][samples]
+    dataset = dataset or CampaignDataset(store, samples)
+    summaries = np.stack([features.microstructure_summary(dataset.sample_data(i).fields) for i in samples])
     return {"modes": sorted({MODES[int(m)] for m in modes}), "strain_min": float(strains.min()),
-            "strain_max": float(strains.max())}
+            "strain_max": float(strains.max()), "microstructure": microstructure_domain(summaries)}
 
 
 def train(store: str | Path, out: str | Path, config=None, *, resume: bool = False,
@@ -331,7 +335,7 @@ def train(store: str | Path, out: str | Path, config=None, *, resume: bool = Fal
         meta = {"format": checkpoint.FORMAT, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
                 "model": {"class": "Surrogate", "kwargs": checkpoint.load(out / members[0])["model"]["kwargs"]},
                 "members": members, "config": cfg, "store": info.signature(), "splits": splits,
-                "training_domain": training_domain(str(store), splits["train"]),
+                "training_domain": training_domain(str(store), splits["train"], datasets["train"]),
                 "metrics": {"members": [r["best"] for r in results]}, "versions": checkpoint.versions(),
                 "train_seconds": time.perf_counter() - t0, "processes": ctx.world, "device": ctx.device.type}
         ensemble = Ensemble([_load_member(out / m) for m in members], meta).to(ctx.device)

@@ -17,9 +17,11 @@ tolerance (least Brier score, as temperature scaling does for classifiers).
 
 (``vm_mean / 4`` keeps nearly unloaded voxels from asking for a vanishing
 absolute error). A sample's trust is the mean over its voxels and steps,
-multiplied by a *domain factor* that falls from 1 to 0 as the load leaves what
-the model was trained on (a mode never seen, or an applied strain beyond the
-largest trained one by more than 25 % of it). The reliability of the trust
+multiplied by a *domain factor* that falls from 1 to 0 as the input leaves what
+the model was trained on: a mode never seen; an applied strain beyond the
+largest trained one (0 at 25 % beyond); a map whose texture coefficients and
+grain-boundary fraction lie farther from the training maps than the farthest
+1 % of them (0 at twice that Mahalanobis distance). The reliability of the trust
 score (predicted probability against the observed frequency of errors within
 tolerance) is measured on validation and reported.
 """
@@ -108,9 +110,10 @@ class Ensemble:
         return trust_score(pred["von_mises"], pred["von_mises_spread"], cal.get("trust_scale", cal["scale"]["von_mises"]),
                            float(self.meta["config"]["trust_tolerance"]))
 
-    def domain_factor(self, mode: str, strain: float) -> tuple[float, str]:
-        """How far a load lies inside the training domain: (factor in [0, 1], reason or '')."""
-        return domain_factor(self.meta.get("training_domain", {}), mode, strain)
+    def domain_factor(self, mode: str, strain: float, summary=None) -> tuple[float, str]:
+        """How far a load (and a map, by its :func:`~surrogate.features.microstructure_summary`) lies
+        inside the training domain: (factor in [0, 1], reason or '')."""
+        return domain_factor(self.meta.get("training_domain", {}), mode, strain, summary)
 
 
 def trust_score(vm: torch.Tensor, vm_spread: torch.Tensor, scale: float, tolerance: float) -> torch.Tensor:
@@ -121,17 +124,57 @@ def trust_score(vm: torch.Tensor, vm_spread: torch.Tensor, scale: float, toleran
     return torch.erf(tau / (math.sqrt(2.0) * sigma))
 
 
-def domain_factor(domain: Mapping[str, Any], mode: str, strain: float) -> tuple[float, str]:
-    """1 inside the training domain; falls linearly to 0 beyond it (see the module docstring)."""
+def domain_factor(domain: Mapping[str, Any], mode: str, strain: float, summary=None) -> tuple[float, str]:
+    """1 inside the training domain; falls linearly to 0 beyond it (see the module docstring).
+
+    Three checks, the smallest factor wins: the load mode must have been
+    trained; the strain may exceed the largest trained one by up to 25 %; the
+    map's summary (texture coefficients and boundary fraction) may lie up to
+    twice as far (Mahalanobis) from the training maps' mean as the farthest 1 %
+    of the training maps do.
+    """
     if not domain:
         return 1.0, ""
     if mode not in domain.get("modes", MODES):
         return 0.0, f"load mode '{mode}' was never seen in training (trained: {', '.join(domain['modes'])})"
+    factors = [(1.0, "")]
     top = float(domain["strain_max"])
     if strain > top:
-        factor = max(0.0, 1.0 - (strain - top) / (0.25 * top))
-        return factor, f"applied strain {strain:.4g} beyond the largest trained {top:.4g}"
-    return 1.0, ""
+        factors.append((max(0.0, 1.0 - (strain - top) / (0.25 * top)),
+                        f"applied strain {strain:.4g} beyond the largest trained {top:.4g}"))
+    ms = domain.get("microstructure")
+    if ms is not None and summary is not None:
+        d = np.asarray(summary, dtype=float) - np.asarray(ms["mean"])
+        distance = float(np.sqrt(max(d @ np.asarray(ms["inverse_covariance"]) @ d, 0.0)))
+        radius = float(ms["radius"])
+        if distance > radius:
+            factors.append((max(0.0, 2.0 - distance / radius),
+                            f"the map is unlike the training maps (texture/grain-size distance {distance:.1f}, "
+                            f"training maps within {radius:.1f})"))
+    return min(factors, key=lambda f: f[0])
+
+
+def microstructure_domain(summaries: np.ndarray) -> dict[str, Any]:
+    """Mean, regularised inverse covariance and 99th-percentile Mahalanobis radius of training-map summaries."""
+    x = np.asarray(summaries, dtype=float)
+    mean = x.mean(axis=0)
+    cov = np.cov(x, rowvar=False) if x.shape[0] > 1 else np.zeros((x.shape[1], x.shape[1]))
+    # ridge: a few training maps do not span all 16 directions
+    cov = cov + (1e-3 * max(float(np.trace(cov)) / x.shape[1], 1e-12)) * np.eye(x.shape[1])
+    inv = np.linalg.inv(cov)
+    d = np.sqrt(np.maximum(np.einsum("ni,ij,nj->n", x - mean, inv, x - mean), 0.0))
+    return {"mean": mean.tolist(), "inverse_covariance": inv.tolist(), "radius": float(np.percentile(d, 99))}
+
+
+def update_domain(model_dir: str | Path, store: str | Path) -> dict[str, Any]:
+    """Recompute a trained model's training domain from its training split; writes ``model.json``."""
+    from .train import training_domain
+
+    ensemble = load_model(model_dir)
+    domain = training_domain(str(store), ensemble.meta["splits"]["train"])
+    meta = dict(ensemble.meta, training_domain=domain)
+    (Path(model_dir) / "model.json").write_text(json.dumps(meta, indent=1))
+    return domain
 
 
 def load_model(model_dir: str | Path) -> Ensemble:

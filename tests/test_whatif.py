@@ -77,6 +77,22 @@ def test_out_of_domain_load_falls_back_to_the_solver(model_and_map, run_cli, tem
 
 
 @pytest.mark.skip_in_parallel
+def test_an_unseen_texture_lowers_the_trust_and_falls_back(model_and_map, run_cli, tempdir):
+    model, _, _ = model_and_map
+    # one orientation everywhere, no boundaries: unlike the random 4-grain training maps
+    ms = Microstructure(euler=np.zeros((1, 12, 12, 3)), grain_id=np.zeros((1, 12, 12), dtype=np.int32),
+                        size=[12e-6, 12e-6, 1e-6], periodic=True, source="single crystal")
+    grid = tempdir / "crystal.npz"
+    write_microstructure(grid, ms)
+    r = run_cli("predict", "--model", model, "--microstructure", grid, "--load", "tension 0.004 [1,0,0]",
+                "--out", tempdir / "t", "--steps", "2", "--quiet")
+    assert r.returncode == 0, r.stderr
+    s = json.loads((tempdir / "t" / "summary.json").read_text())
+    assert s["domain_factor"] < 0.5 and "unlike the training maps" in s["domain_reason"]
+    assert s["answer_from"] == "solver (fallback)"
+
+
+@pytest.mark.skip_in_parallel
 @pytest.mark.parametrize("ranks", [1, 2])
 def test_verify_runs_the_solver_and_reports_errors(model_and_map, run_cli, tempdir, ranks):
     model, ang, _ = model_and_map
