@@ -73,6 +73,22 @@ def surrogate_pictures(pred: dict, solver_fields: dict | None, out: pathlib.Path
     return pngs
 
 
+def compare_with_solver(ensemble, store_path: str) -> tuple[dict, dict, float]:
+    """The solver's one-sample store against the surrogate: (solver curves and von Mises map,
+    :func:`surrogate.evaluate.evaluate_split` metrics, the solve's wall time)."""
+    import zarr
+
+    from surrogate.data import check_fits, store_info
+    from surrogate.evaluate import evaluate_split
+
+    check_fits(ensemble.meta["store"], store_info(store_path))
+    group = zarr.open_group(store_path, mode="r")
+    fields = {name: np.asarray(group[name][0]) for name in ("macro_stress", "macro_strain", "von_mises_stress")}
+    metrics, _ = evaluate_split(ensemble, store_path, [0])
+    # the solve alone (the store's wall time), not the mesh set-up, ParaView file and pictures
+    return fields, metrics, float(group["wall_time"][0])
+
+
 def run_demo(comm, out: pathlib.Path, model: pathlib.Path = DEFAULT_MODEL) -> dict:
     """Solve the embedded map, predict it with ``model``, compare; rank 0 returns the summary."""
     import yaml
@@ -104,27 +120,19 @@ def run_demo(comm, out: pathlib.Path, model: pathlib.Path = DEFAULT_MODEL) -> di
 
     import zarr
 
-    from surrogate.evaluate import evaluate_split
     from surrogate.predict import predict_map
     from surrogate.uncertainty import load_model
 
     say(f"\n2) the surrogate ({model})", flush=True)
-    from surrogate.data import check_fits, store_info
-
     ensemble = load_model(model)
-    check_fits(ensemble.meta["store"], store_info(solver_summary["store"]))
+    solver_fields, metrics, solve_seconds = compare_with_solver(ensemble, solver_summary["store"])
+    summary["solver"]["solve_seconds"] = solve_seconds
     group = zarr.open_group(solver_summary["store"], mode="r")
     euler0 = np.asarray(group["euler0"][0][0], dtype=float)
     grain_id = np.asarray(group["grain_id"][0][0])
     predict_map(ensemble, euler0, grain_id, LOAD["mode"], LOAD["direction"], LOAD["strain"])  # warm-up
     pred = predict_map(ensemble, euler0, grain_id, LOAD["mode"], LOAD["direction"], LOAD["strain"],
                        rate=LOAD["rate"], steps=LOAD["increments"])
-    metrics, _ = evaluate_split(ensemble, solver_summary["store"], [0])
-    solver_fields = {"macro_stress": np.asarray(group["macro_stress"][0]),
-                     "macro_strain": np.asarray(group["macro_strain"][0]),
-                     "von_mises_stress": np.asarray(group["von_mises_stress"][0])}
-    # the solve alone (the store's wall time), not the mesh set-up, ParaView file and pictures
-    summary["solver"]["solve_seconds"] = float(group["wall_time"][0])
     sur_out = out / "surrogate"
     sur_out.mkdir(exist_ok=True)
     pictures = surrogate_pictures(pred, solver_fields, sur_out, ensemble.meta["store"]["lattice"])

@@ -186,18 +186,9 @@ def run_predict(comm, model: str, microstructure: str, load_text: str, out: str,
                                "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}
     solver_fields = None
     if solver_summary is not None:
-        import zarr
+        from coupling.demo import compare_with_solver
 
-        from surrogate.data import store_info, check_fits
-        from surrogate.evaluate import evaluate_split
-
-        group = zarr.open_group(solver_summary["store"], mode="r")
-        solver_fields = {"macro_stress": np.asarray(group["macro_stress"][0]),
-                         "macro_strain": np.asarray(group["macro_strain"][0]),
-                         "von_mises_stress": np.asarray(group["von_mises_stress"][0])}
-        check_fits(ensemble.meta["store"], store_info(solver_summary["store"]))
-        metrics, _ = evaluate_split(ensemble, solver_summary["store"], [0])
-        solve_seconds = float(group["wall_time"][0])
+        solver_fields, metrics, solve_seconds = compare_with_solver(ensemble, solver_summary["store"])
         summary["solver"] = {"seconds": solver_seconds, "solve_seconds": solve_seconds,
                              "speedup_of_surrogate": solve_seconds / pred["seconds"], "run": str(out / "solver")}
         summary["errors_against_solver"] = {k: metrics[k] for k in ("stress_nmae_mean", "von_mises_mape",
