@@ -57,7 +57,7 @@ def cmd_campaign(args) -> int:
     comm = _comm()
     try:
         run_campaign(comm, args.config, args.store, ranks_per_sample=args.ranks_per_sample, extend=args.extend,
-                     quiet=args.quiet)
+                     quiet=args.quiet, coarsen=args.coarsen, constitutive=args.constitutive)
     except SlipstreamError:
         raise
     except BaseException:
@@ -104,11 +104,26 @@ def cmd_fdm(args) -> int:
 
 
 def cmd_train(args) -> int:
+    if args.forecast:
+        from solver.errors import ConfigError
+        from surrogate.forecast import train_forecast
+
+        if args.coarse or args.resume:
+            raise ConfigError("--forecast trains a forecast: --coarse and --resume do not apply")
+        cfg = {}
+        if args.config:
+            from solver.config import load_yaml
+
+            cfg = load_yaml(args.config)
+        cfg.update({k: v for k, v in {"epochs": args.epochs, "seed": args.seed}.items() if v is not None})
+        train_forecast(args.store, args.out, kind=args.forecast, physics=args.physics, config=cfg, quiet=args.quiet)
+        return 0
     from surrogate.train import train
 
     overrides = {"model": args.model, "epochs": args.epochs, "ensemble": args.ensemble, "seed": args.seed,
                  "workers": args.workers}
-    train(args.store, args.out, args.config, resume=args.resume, overrides=overrides, quiet=args.quiet)
+    train(args.store, args.out, args.config, resume=args.resume, overrides=overrides, quiet=args.quiet,
+          coarse=args.coarse)
     return 0
 
 
@@ -120,11 +135,27 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_couple_correct(args) -> int:
+    from coupling.correct import run_correct
+
+    run_correct(_comm(), args.model, args.microstructure, args.load, args.out, verify=args.verify,
+                trust_threshold=args.trust_threshold, steps=args.steps, quiet=args.quiet)
+    return 0
+
+
+def cmd_couple_forecast(args) -> int:
+    from coupling.forecast import run_forecast
+
+    run_forecast(_comm(), args.model, args.microstructure, args.load, args.out, steps=args.steps, verify=args.verify,
+                 quiet=args.quiet)
+    return 0
+
+
 def cmd_evaluate(args) -> int:
     from surrogate.evaluate import evaluate
 
     out = args.out or str(pathlib.Path(args.model) / "evaluation")
-    evaluate(args.model, args.store, out, splits=args.split, plots=not args.no_plots)
+    evaluate(args.model, args.store, out, splits=args.split, plots=not args.no_plots, coarse=args.coarse)
     return 0
 
 
@@ -158,8 +189,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ranks that share one sample (divides the number of ranks; default 1)")
     c.add_argument("--extend", action="store_true",
                    help="grow a store made by the same config with fewer samples")
+    c.add_argument("--coarsen", type=int, metavar="K",
+                   help="solve the same samples on a grid K times coarser (overrides microstructure.coarsen; "
+                        "the training partner of a low-resolution correction, docs/coupling.md)")
+    c.add_argument("--constitutive", choices=("crystal_plasticity", "elastic"),
+                   help="overrides solver.constitutive: 'elastic' solves the same samples with the elastic limit "
+                        "alone (the physics of a hybrid forecast, docs/coupling.md)")
     c.add_argument("--quiet", action="store_true", help="no per-sample progress lines")
     c.set_defaults(func=cmd_campaign)
+
+    cp = sub.add_parser("couple", help="the surrogate in the solver loop: low-resolution correction, hybrid forecasts")
+    csub = cp.add_subparsers(dest="mode", required=True, metavar="MODE")
+    cc = csub.add_parser("correct", help="solve k times coarser, correct to the fine grid with a learned model "
+                                         "(serial or mpirun)")
+    cc.add_argument("--model", required=True, help="low-resolution correction model directory (train --coarse)")
+    cc.add_argument("--microstructure", required=True, help="map: .ang, .ctf, .npz, or STORE.zarr:INDEX")
+    cc.add_argument("--load", required=True, help='"MODE STRAIN [x,y,z]", e.g. "tension 0.5%% [1,0,0]"')
+    cc.add_argument("--out", required=True, help="output directory")
+    cc.add_argument("--steps", type=int, default=10, help="load increments (= output steps; default 10)")
+    cc.add_argument("--verify", action="store_true", help="also solve the fine grid and report the errors")
+    cc.add_argument("--trust-threshold", type=float, default=0.5,
+                    help="below this trust the fine solve answers (default 0.5)")
+    cc.add_argument("--quiet", action="store_true", help="no solver progress lines")
+    cc.set_defaults(func=cmd_couple_correct)
+    cf = csub.add_parser("forecast", help="hybrid physics-ML forecast over load increments (elastic physics + "
+                                          "learned residual; serial or mpirun)")
+    cf.add_argument("--model", required=True, help="forecast model directory (train --forecast)")
+    cf.add_argument("--microstructure", required=True, help="map: .ang, .ctf, .npz, or STORE.zarr:INDEX")
+    cf.add_argument("--load", required=True, help='"MODE STRAIN [x,y,z]": the strain reached after --steps')
+    cf.add_argument("--out", required=True, help="output directory")
+    cf.add_argument("--steps", type=int, default=10, help="equal load increments to roll out (default 10)")
+    cf.add_argument("--verify", action="store_true", help="also run the crystal-plasticity solver and report errors")
+    cf.add_argument("--quiet", action="store_true", help="no solver progress lines")
+    cf.set_defaults(func=cmd_couple_forecast)
 
     t = sub.add_parser("train", help="fit the surrogate ensemble to a campaign store (CPU, GPU, or under torchrun)")
     t.add_argument("--store", required=True, help="campaign Zarr store")
@@ -170,6 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ensemble", type=int, help="number of independently seeded members")
     t.add_argument("--seed", type=int)
     t.add_argument("--workers", type=int, help="DataLoader workers per process")
+    t.add_argument("--forecast", choices=("hybrid", "neural"),
+                   help="train a forecast over load increments: hybrid (elastic physics + learned residual, "
+                        "needs --physics) or neural (the same network alone)")
+    t.add_argument("--physics", metavar="STORE",
+                   help="the store's elastic partner (campaign --constitutive elastic), for --forecast hybrid")
+    t.add_argument("--coarse", metavar="STORE",
+                   help="the store's coarse partner (campaign --coarsen K): train a low-resolution correction")
     t.add_argument("--resume", action="store_true", help="continue the run in --out (same config and store)")
     t.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     t.set_defaults(func=cmd_train)
@@ -190,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="accuracy, calibration and speed of a trained model on a store (JSON, PNGs)")
     e.add_argument("--model", required=True, help="model directory written by slipstream train")
     e.add_argument("--store", required=True, help="campaign Zarr store")
+    e.add_argument("--coarse", metavar="STORE", help="the store's coarse partner (for a low-resolution correction model)")
     e.add_argument("--out", help="directory for evaluation.json and PNGs (default: MODEL/evaluation)")
     e.add_argument("--split", nargs="+", help="train validation test held_out all (default: test held_out "
                                               "validation on the training store, all on another)")

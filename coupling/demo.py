@@ -38,14 +38,17 @@ def along(voigt: np.ndarray, direction) -> np.ndarray:
 
 
 def surrogate_pictures(pred: dict, solver_fields: dict | None, out: pathlib.Path, lattice: str,
-                       direction=LOAD["direction"]) -> list[pathlib.Path]:
-    """PNGs of a prediction, with the solver's curve and von Mises error map beside it when given."""
+                       direction=LOAD["direction"], label: str = "surrogate") -> list[pathlib.Path]:
+    """PNGs of a prediction, with the solver's curve and von Mises error map beside it when given.
+
+    ``label`` names the prediction in titles and legends (``surrogate``, ``corrected coarse solve``).
+    """
     from solver import plots
 
     pngs = []
     curves_e = [along(pred["strain"].mean(axis=(1, 2)), direction)]
     curves_s = [along(pred["macro_stress"], direction)]
-    labels = ["surrogate (voxel mean)"]
+    labels = [f"{label} (voxel mean)"]
     if solver_fields is not None:
         curves_e.append(along(solver_fields["macro_strain"], direction))
         curves_s.append(along(solver_fields["macro_stress"], direction))
@@ -56,20 +59,21 @@ def surrogate_pictures(pred: dict, solver_fields: dict | None, out: pathlib.Path
     pngs.append(plots.ipf_map(pred["euler"][0], out / "ipf_initial.png", lattice=lattice,
                               title="IPF-Z, initial orientation"))
     pngs.append(plots.ipf_map(pred["euler"][-1], out / "ipf_final.png", lattice=lattice,
-                              title="IPF-Z, deformed orientation (surrogate)"))
+                              title=f"IPF-Z, deformed orientation ({label})"))
     vmax = float(pred["von_mises_stress"][-1].max()) / 1e6
     pngs.append(plots.field_map(pred["von_mises_stress"][-1] / 1e6, out / "von_mises_stress.png",
-                                title="von Mises stress, last step (surrogate)", unit="MPa", vmin=0, vmax=vmax))
+                                title=f"von Mises stress, last step ({label})", unit="MPa", vmin=0, vmax=vmax))
     pngs.append(plots.field_map(pred["slip"][-1], out / "accumulated_slip.png", cmap="magma",
-                                title="accumulated slip, last step (surrogate)", unit="1"))
-    pngs.append(plots.field_map(pred["trust"][-1], out / "trust.png", cmap="RdYlGn", vmin=0, vmax=1,
-                                title="trust score, last step", unit="probability"))
+                                title=f"accumulated slip, last step ({label})", unit="1"))
+    if "trust" in pred:
+        pngs.append(plots.field_map(pred["trust"][-1], out / "trust.png", cmap="RdYlGn", vmin=0, vmax=1,
+                                    title="trust score, last step", unit="probability"))
     pngs.append(plots.pole_figures(pred["euler"][-1].reshape(-1, 3), out / "pole_figures_final.png",
-                                   title="deformed texture (surrogate)"))
+                                   title=f"deformed texture ({label})"))
     if solver_fields is not None:
         err = np.abs(pred["von_mises_stress"][-1] - solver_fields["von_mises_stress"][-1][0]) / 1e6
         pngs.append(plots.field_map(err, out / "von_mises_error.png", cmap="magma", vmin=0,
-                                    title="|surrogate - solver| von Mises stress, last step", unit="MPa"))
+                                    title=f"|{label} - solver| von Mises stress, last step", unit="MPa"))
     return pngs
 
 

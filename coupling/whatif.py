@@ -112,6 +112,8 @@ def _write_zarr(path: pathlib.Path, pred: dict, meta: dict) -> None:
             "macro_stress": ("step", "voigt"), "applied_strain": ("step",)}
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
     for name, unit in units.items():
+        if name not in pred:  # e.g. a forecast has no trust map
+            continue
         arr = np.asarray(pred[name], dtype=np.float32 if pred[name].ndim > 2 else np.float64)
         group.create_array(name, data=arr, dimension_names=dims[name], attributes={"units": unit})
     group.attrs.update({**meta, "provenance": provenance(),
@@ -119,24 +121,31 @@ def _write_zarr(path: pathlib.Path, pred: dict, meta: dict) -> None:
                                        "Cauchy stress, Hencky strain; step 0 is the unloaded state"})
 
 
-def _solve(comm, ms, load: dict, steps: int, out: pathlib.Path, material: dict, quiet: bool) -> dict:
-    """Run the solver on the map (periodic cell), into ``out``; returns the summary (rank 0)."""
+def _solve(comm, ms, load: dict, steps: int, out: pathlib.Path, material: dict, quiet: bool,
+           coarsen: int = 1, constitutive: str = "crystal_plasticity") -> dict:
+    """Run the solver on the map (periodic cell), into ``out``; returns the summary (rank 0).
+
+    ``coarsen``: solve on a grid that many times coarser (the coarse solve of a correction);
+    ``constitutive``: ``elastic`` for the incomplete physics of a hybrid forecast. The map is
+    written beside ``out`` (``out/../microstructure.npz``), so that the runs of one study
+    (fine, coarse, physics) name the same file and their stores pair up.
+    """
     import yaml
 
     from solver.readers import write_microstructure
     from solver.simulate import run_simulation
 
-    grid = out / "microstructure.npz"
+    grid = out.parent / "microstructure.npz"
     cfg_path = out / "solver.yaml"
     if comm.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         write_microstructure(grid, ms)
-        cfg = {"microstructure": {"kind": "grid", "file": str(grid)},
+        cfg = {"microstructure": {"kind": "grid", "file": str(grid), **({"coarsen": coarsen} if coarsen > 1 else {})},
                "material": {k: v for k, v in material.items() if k not in ("units",)},
                "boundary": "periodic",
                "loading": {"mode": load["mode"], "direction": load["direction"], "strain": load["strain"],
                            "rate": load.get("rate", 1.0e-3), "increments": steps},
-               "output": {"every": 1}}
+               "output": {"every": 1}, "solver": {"constitutive": constitutive}}
         cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     comm.Barrier()
     return run_simulation(comm, cfg_path, out, overwrite=True, quiet=quiet)

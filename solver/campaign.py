@@ -62,7 +62,7 @@ from .errors import ConfigError, InputFileError, SlipstreamError, StoreError
 
 #: Top-level keys of a campaign config.
 TOP_KEYS = ("samples", "seed", "microstructure", "materials", "boundary", "loading", "output", "solver")
-MICROSTRUCTURE_KEYS = ("cells", "size", "grains", "textures", "periodic")
+MICROSTRUCTURE_KEYS = ("cells", "size", "grains", "textures", "periodic", "coarsen")
 LOADING_KEYS = ("modes", "directions", "strain", "rate", "increments")
 OUTPUT_KEYS = ("every",)
 #: Load modes a campaign may draw (``deformation_gradient`` needs a whole F: use ``simulate``).
@@ -97,7 +97,9 @@ class CampaignSpec:
             what the store records and fingerprints.
         samples: number of samples.
         seed: root seed.
-        cells: ``(nx, ny, nz)``.
+        cells: ``(nx, ny, nz)`` of the generated maps.
+        coarsen: the maps are solved on a grid this many times coarser
+            (:func:`solver.microstructure.coarsen`; 1: as generated).
         size: ``(Lx, Ly, Lz)`` metres.
         grains: inclusive ``(min, max)``.
         textures: texture specs to draw from.
@@ -134,12 +136,14 @@ class CampaignSpec:
     boundary: Any
     solver: dict
     base_dir: pathlib.Path
+    coarsen: int = 1
 
     @property
     def grid_shape(self) -> tuple[int, int, int]:
-        """``(nz, ny, nx)`` as in the store."""
+        """``(nz, ny, nx)`` of the solved (and stored) grid."""
         nx, ny, nz = self.cells
-        return (nz, ny, nx)
+        k = self.coarsen
+        return (nz // k if nz > 1 else nz, ny // k, nx // k)
 
     @property
     def n_steps(self) -> int:
@@ -277,6 +281,7 @@ def parse_campaign(cfg: dict, base_dir: pathlib.Path | str = ".") -> CampaignSpe
     """
     from . import textures
     from .config import _boundary
+    from .microstructure import coarsen_option
     from .loading import loading_from_config, specimen_axis
     from .materials import material_from_config
 
@@ -321,6 +326,9 @@ def parse_campaign(cfg: dict, base_dir: pathlib.Path | str = ".") -> CampaignSpe
     periodic = ms.get("periodic", True)
     if not isinstance(periodic, bool):
         raise ConfigError(f"microstructure.periodic must be true or false, got {periodic!r}")
+    coarsen = coarsen_option(ms)
+    if cells[0] % coarsen or cells[1] % coarsen or (cells[2] > 1 and cells[2] % coarsen):
+        raise ConfigError(f"microstructure.coarsen {coarsen} does not divide the cells {list(cells)}")
 
     # ---- materials
     mats = _nonempty_list(cfg.get("materials", DEFAULTS["materials"]), "materials")
@@ -398,12 +406,14 @@ def parse_campaign(cfg: dict, base_dir: pathlib.Path | str = ".") -> CampaignSpe
         "output": {"every": int(every)},
         "solver": solver_sec,
     }
+    if coarsen > 1:  # absent when 1: stores made before the key existed keep their fingerprint
+        normalized["microstructure"]["coarsen"] = coarsen
     normalized = store._jsonable(normalized, "campaign config")  # JSON-able now, or one line why not
     spec = CampaignSpec(config=normalized, samples=int(samples), seed=int(seed), cells=cells, size=size,
                         grains=grains, textures=texture_list, periodic=periodic, materials=materials,
                         material_objects=objects, modes=modes, directions=directions, strain=strain,
                         rate=float(rate), increments=int(increments), every=int(every), boundary=boundary,
-                        solver=solver_sec, base_dir=pathlib.Path(base_dir))
+                        solver=solver_sec, base_dir=pathlib.Path(base_dir), coarsen=coarsen)
     # the whole chain once, on sample 0 (solver section, boundary and load together)
     from .config import prepare_simulation
 
@@ -411,12 +421,29 @@ def parse_campaign(cfg: dict, base_dir: pathlib.Path | str = ".") -> CampaignSpe
     return spec
 
 
-def load_campaign(path) -> CampaignSpec:
-    """Read and check a campaign YAML file (see :func:`parse_campaign`)."""
+def load_campaign(path, coarsen: int | None = None, constitutive: str | None = None) -> CampaignSpec:
+    """Read and check a campaign YAML file (see :func:`parse_campaign`).
+
+    Args:
+        path: the YAML file.
+        coarsen: overrides ``microstructure.coarsen`` (the same samples, solved
+            on a grid this many times coarser: the coarse partner of a store).
+        constitutive: overrides ``solver.constitutive`` (``elastic``: the same
+            samples with the elastic limit alone, the physics partner of a
+            hybrid forecast).
+    """
     from .config import load_yaml
 
     path = pathlib.Path(path)
-    return parse_campaign(load_yaml(path), path.parent)
+    cfg = load_yaml(path)
+    for section, key, value in (("microstructure", "coarsen", coarsen), ("solver", "constitutive", constitutive)):
+        if value is not None:
+            cfg = copy.deepcopy(cfg)
+            if cfg.get(section) is None:
+                cfg[section] = {}
+            if isinstance(cfg[section], dict):
+                cfg[section][key] = value
+    return parse_campaign(cfg, path.parent)
 
 
 def _same_apart_from_samples(a: dict, b: dict) -> bool:
@@ -474,7 +501,8 @@ def sample_config(spec: CampaignSpec, index: int) -> dict:
     return {
         "microstructure": {"kind": "voronoi", "cells": list(spec.cells), "size": list(spec.size),
                            "grains": p["grains"], "seed": p["microstructure_seed"],
-                           "periodic": spec.periodic, "texture": copy.deepcopy(spec.textures[p["texture"]])},
+                           "periodic": spec.periodic, "texture": copy.deepcopy(spec.textures[p["texture"]]),
+                           "coarsen": spec.coarsen},
         "material": copy.deepcopy(spec.materials[p["material"]]),
         "boundary": copy.deepcopy(spec.boundary),
         "loading": {"mode": p["mode"], "direction": p["direction"], "strain": p["strain"], "rate": spec.rate,
@@ -688,7 +716,8 @@ def _raise_shared(comm, error) -> None:
 
 
 def run_campaign(comm, config_path, store_path, *, ranks_per_sample: int = 1, extend: bool = False,
-                 quiet: bool = False, stream=None) -> dict:
+                 quiet: bool = False, stream=None, coarsen: int | None = None,
+                 constitutive: str | None = None) -> dict:
     """``slipstream campaign``: solve every sample that is not done into one store.
 
     Collective over ``comm`` (usually ``COMM_WORLD``). Everything is checked
@@ -702,6 +731,8 @@ def run_campaign(comm, config_path, store_path, *, ranks_per_sample: int = 1, ex
         extend: allow growing a store made by the same config with fewer samples.
         quiet: no per-sample progress lines.
         stream: where rank 0 prints (default stdout).
+        coarsen: overrides ``microstructure.coarsen`` of the config.
+        constitutive: overrides ``solver.constitutive`` of the config.
 
     Returns:
         On rank 0: ``store``, ``action``, ``total``, ``done``, ``failed``,
@@ -713,7 +744,7 @@ def run_campaign(comm, config_path, store_path, *, ranks_per_sample: int = 1, ex
     """
     stream = stream or sys.stdout
     t0 = time.perf_counter()
-    spec = load_campaign(config_path)  # every rank: the same config gives the same verdict
+    spec = load_campaign(config_path, coarsen, constitutive)  # every rank: the same config gives the same verdict
     k = ranks_per_sample
     if not _is_int(k) or k < 1:
         raise ConfigError(f"--ranks-per-sample must be a positive integer, got {k!r}")
@@ -748,7 +779,8 @@ def run_campaign(comm, config_path, store_path, *, ranks_per_sample: int = 1, ex
     tally, server = None, None
     if comm.rank == 0:
         if not quiet:
-            print(f"campaign: {action} {store_path}: {spec.samples} samples, grid {list(spec.cells)} (x, y, z), "
+            print(f"campaign: {action} {store_path}: {spec.samples} samples, grid {list(spec.cells)} (x, y, z)"
+                  + (f" solved {spec.coarsen}x coarser" if spec.coarsen > 1 else "") + ", "
                   f"{spec.n_steps} output steps; {len(todo)} to solve on {comm.size} rank(s) in {n_groups} "
                   f"group(s) of {k}", file=stream, flush=True)
         tally = _Tally(todo, spec.samples, done0, stream, quiet)

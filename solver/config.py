@@ -27,7 +27,10 @@ from .errors import ConfigError, InputFileError
 
 SECTIONS = ("microstructure", "material", "boundary", "loading", "output", "solver")
 OUTPUT_KEYS = {"every": 1, "paraview": True, "plots": True}
-SOLVER_KEYS = {"stress_tolerance": 1.0, "max_cutbacks": 8, "petsc_options": {}}
+SOLVER_KEYS = {"stress_tolerance": 1.0, "max_cutbacks": 8, "petsc_options": {}, "constitutive": "crystal_plasticity"}
+#: Constitutive kernels a run may use: the material's crystal plasticity, or its elastic limit alone
+#: (:class:`solver.elastic.AnisotropicElasticity`: the "incomplete physics" of hybrid forecasts).
+CONSTITUTIVE = ("crystal_plasticity", "elastic")
 BOUNDARIES = ("periodic", "specimen")
 GRIPS = ("clamped", "frictionless")
 
@@ -121,6 +124,8 @@ def prepare_simulation(cfg: dict, base_dir: pathlib.Path | str = ".") -> Simulat
             raise ValueError
     except (TypeError, ValueError):
         raise ConfigError("solver.stress_tolerance must be positive and solver.max_cutbacks >= 0") from None
+    if solver["constitutive"] not in CONSTITUTIVE:
+        raise ConfigError(f"solver.constitutive {solver['constitutive']!r} is unknown; known: {', '.join(CONSTITUTIVE)}")
 
     material = material_from_config(cfg.get("material") or {"preset": "Cu"})
     if not isinstance(cfg["microstructure"], dict):

@@ -35,16 +35,23 @@ class AnisotropicElasticity:
     Args:
         stiffness: ``(3,3,3,3)`` stiffness in the crystal frame (Pa).
         orientations: ``(n,3,3)`` passive orientation matrices (lab -> crystal).
+        n_slip: slip systems of the material it stands in for: the state then
+            carries zero ``accumulated_slip`` and ``slip_resistance`` of that
+            width, so results fit the same store as crystal plasticity's.
     """
 
-    def __init__(self, stiffness: np.ndarray, orientations: np.ndarray):
+    def __init__(self, stiffness: np.ndarray, orientations: np.ndarray, n_slip: int = 0):
         g = np.asarray(orientations, dtype=float)
         self.orientations = g
         self.stiffness = np.einsum("nai,nbj,nck,ndl,abcd->nijkl", g, g, g, g, stiffness, optimize=True)
         self.n_points = g.shape[0]
+        self.n_slip = int(n_slip)
 
     def initial_state(self) -> dict:
-        return {}
+        if not self.n_slip:
+            return {}
+        zeros = np.zeros((self.n_points, self.n_slip))
+        return {"accumulated_slip": zeros, "slip_resistance": zeros.copy()}
 
     def update(self, F, state, dt, tangent=True) -> KernelResult:
         F = np.asarray(F, dtype=float)

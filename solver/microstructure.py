@@ -224,12 +224,62 @@ def renumber_raster(labels: np.ndarray) -> np.ndarray:
     return order[inverse].astype(np.int32).reshape(np.shape(labels))
 
 
+def coarsen(ms: Microstructure, factor: int) -> Microstructure:
+    """The same map on a grid ``factor`` times coarser in x and y (and z when it has layers).
+
+    Each coarse voxel takes the grain that owns most of its ``factor**d`` fine
+    voxels (ties: the grain met first in raster order) and the orientation of
+    that grain's first fine voxel in the block; grains that own no block vanish
+    and ids are renumbered contiguously. ``size`` and ``origin`` are kept, so
+    the coarse voxels are ``factor`` times larger. This is the map a coarse
+    solve of the low-resolution correction sees (docs/coupling.md).
+
+    Args:
+        ms: a voxel microstructure whose ``nx`` and ``ny`` (and ``nz`` when
+            ``nz > 1``) are multiples of ``factor``.
+        factor: positive integer; 1 returns ``ms`` unchanged.
+
+    Raises:
+        ConfigError: a factor that is not a positive integer or does not divide the grid.
+    """
+    if not _is_int(factor) or factor < 1:
+        raise ConfigError(f"coarsening factor must be a positive integer, got {factor!r}")
+    factor = int(factor)
+    if factor == 1:
+        return ms
+    nz, ny, nx = ms.shape
+    kz = factor if nz > 1 else 1
+    if nx % factor or ny % factor or nz % kz:
+        raise ConfigError(f"coarsening factor {factor} does not divide the grid {list(ms.cells)} (x, y, z)")
+    cz, cy, cx = nz // kz, ny // factor, nx // factor
+    # (coarse voxel, fine voxel within its block) in raster order within the block
+    blocks = ms.grain_id.reshape(cz, kz, cy, factor, cx, factor).transpose(0, 2, 4, 1, 3, 5).reshape(-1, kz * factor ** 2)
+    euler = ms.euler.reshape(cz, kz, cy, factor, cx, factor, 3).transpose(0, 2, 4, 1, 3, 5, 6).reshape(
+        blocks.shape + (3,))
+    counts = (blocks[:, :, None] == blocks[:, None, :]).sum(axis=2)  # votes of each fine voxel's grain
+    pick = np.argmax(counts, axis=1)  # first fine voxel of the (first) majority grain
+    rows = np.arange(blocks.shape[0])
+    coarse = Microstructure(
+        euler=euler[rows, pick].reshape(cz, cy, cx, 3), grain_id=renumber_raster(blocks[rows, pick]).reshape(cz, cy, cx),
+        size=ms.size.copy(), origin=ms.origin.copy(), lattice=ms.lattice, periodic=ms.periodic,
+        source=f"{ms.source or 'microstructure'} coarsened x{factor}", unindexed=ms.unindexed)
+    return coarse.validate()
+
+
+def coarsen_option(cfg: dict) -> int:
+    """The ``coarsen`` key of a microstructure config (default 1), checked."""
+    k = cfg.get("coarsen", 1)
+    if not _is_int(k) or k < 1:
+        raise ConfigError(f"microstructure.coarsen must be a positive integer, got {k!r}")
+    return int(k)
+
+
 # --------------------------------------------------------------------------- config
 
 _KIND_KEYS = {
-    "voronoi": {"kind", "cells", "size", "grains", "seed", "periodic", "texture"},
-    "ebsd": {"kind", "file", "misorientation_threshold", "confidence_threshold", "thickness"},
-    "grid": {"kind", "file", "misorientation_threshold"},
+    "voronoi": {"kind", "cells", "size", "grains", "seed", "periodic", "texture", "coarsen"},
+    "ebsd": {"kind", "file", "misorientation_threshold", "confidence_threshold", "thickness", "coarsen"},
+    "grid": {"kind", "file", "misorientation_threshold", "coarsen"},
     "mesh": {"kind", "file", "texture", "seed"},
 }
 
@@ -279,6 +329,9 @@ def microstructure_from_config(cfg: dict, base_dir: pathlib.Path) -> Microstruct
     * ``grid``: ``file`` (.npz), ``misorientation_threshold`` (used only when the
       file has no ``grain_id``).
 
+    Voxel kinds also take ``coarsen: k`` (default 1): the map is built as
+    described, then solved on a grid ``k`` times coarser (:func:`coarsen`).
+
     Args:
         cfg: the section as a dict (e.g. from YAML).
         base_dir: directory that relative file names are resolved against.
@@ -299,11 +352,11 @@ def microstructure_from_config(cfg: dict, base_dir: pathlib.Path) -> Microstruct
     if unknown:
         raise ConfigError(f"microstructure ({kind}): unknown key {unknown[0]!r} "
                           f"(allowed: {', '.join(sorted(_KIND_KEYS[kind] - {'kind'}))})")
-    if kind == "voronoi":
-        return _from_voronoi(cfg)
     if kind == "mesh":
         return _from_mesh(cfg, pathlib.Path(base_dir))
-    return _from_file(cfg, kind, pathlib.Path(base_dir))
+    factor = coarsen_option(cfg)  # checked before any work
+    ms = _from_voronoi(cfg) if kind == "voronoi" else _from_file(cfg, kind, pathlib.Path(base_dir))
+    return coarsen(ms, factor)
 
 
 def _from_mesh(cfg: dict, base_dir: pathlib.Path) -> MeshPolycrystal:

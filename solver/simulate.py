@@ -53,8 +53,18 @@ def make_solver(comm, setup: SimulationSetup):
     from .fem import CrystalPlasticitySolver
 
     material = setup.material
+    if setup.solver.get("constitutive") == "elastic":
+        from .elastic import AnisotropicElasticity
+
+        stiffness = material.stiffness_tensor()
+
+        def kernel(g):
+            return AnisotropicElasticity(stiffness, g, n_slip=material.n_slip)
+    else:
+        def kernel(g):
+            return CrystalPlasticity(material, g)
     return CrystalPlasticitySolver(
-        comm, setup.microstructure, lambda g: CrystalPlasticity(material, g), setup.loading,
+        comm, setup.microstructure, kernel, setup.loading,
         boundary=setup.boundary, grips=setup.grips, petsc_options=setup.solver["petsc_options"],
         stress_tolerance=float(setup.solver["stress_tolerance"]), max_cutbacks=int(setup.solver["max_cutbacks"]))
 

@@ -68,9 +68,9 @@ def store_info(path: str | Path) -> StoreInfo:
     if grid[0] != 1:
         raise StoreError(f"{path}: the surrogate learns 2-D maps (z = 1); this store's grid is {list(grid)} (z, y, x)")
     cfg = a.get("config", {})
-    cells = cfg.get("microstructure", {}).get("cells", grid)
     size = cfg.get("microstructure", {}).get("size", [1.0, 1.0, 1.0])
-    voxel = tuple(float(s) / float(c) for s, c in zip(size, cells))
+    # the solved grid (a coarsened campaign solves fewer voxels than its config generates)
+    voxel = tuple(float(s) / float(c) for s, c in zip(size, grid[::-1]))
     material = dict(a["material"])
     if "materials" in material:
         raise StoreError(f"{path}: a campaign over several materials; the surrogate learns one material per model "
@@ -271,18 +271,49 @@ def read_sample(group, index: int, info: StoreInfo, stiffness: np.ndarray) -> Sa
     rate = float(group["load_rate"][index])
     condition = np.stack([features.load_condition(mode, direction, e, rate) for e in strain_now]).astype(np.float32)
     g0 = euler_to_matrix(euler0)
-    stress, strain = group["stress"][index][:, 0], group["strain"][index][:, 0]
-    euler, slip = group["euler"][index][:, 0], group["slip"][index][:, 0]
-    targets, dominant = [], []
-    for s in range(time.size):
-        t = features.step_targets(g0, stress[s], strain[s], euler[s], slip[s])
-        targets.append(t["values"])
-        dominant.append(t["dominant"])
+    targets, dominant = sample_targets(group, index)
     return SampleData(fields=inputs["fields"], schmid=inputs["schmid"],
                       g0=np.moveaxis(g0.reshape(g0.shape[:2] + (9,)), -1, 0).astype(np.float32),
-                      condition=condition, targets=np.stack(targets), dominant=np.stack(dominant),
+                      condition=condition, targets=targets, dominant=dominant,
                       macro_stress=np.asarray(group["macro_stress"][index], dtype=np.float32),
                       boundary=inputs["fields"][-2] > 0.5)
+
+
+def sample_targets(group, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """Targets ``(n_steps, 16, ny, nx)`` and dominant slip systems ``(n_steps, ny, nx)`` of a 2-D store sample
+    (:func:`surrogate.features.step_targets` at every output step, on the store's own grid)."""
+    g0 = euler_to_matrix(np.asarray(group["euler0"][index][0], dtype=float))
+    stress, strain = group["stress"][index][:, 0], group["strain"][index][:, 0]
+    euler, slip = group["euler"][index][:, 0], group["slip"][index][:, 0]
+    steps = [features.step_targets(g0, stress[s], strain[s], euler[s], slip[s]) for s in range(stress.shape[0])]
+    return np.stack([t["values"] for t in steps]), np.stack([t["dominant"] for t in steps])
+
+
+def partner_value(store: StoreInfo, partner: StoreInfo, section: str, key: str, make: str) -> Any:
+    """``config[section][key]`` of ``partner``, a store of the same campaign as ``store`` apart from that key.
+
+    A partner store solves the same samples (same seed, maps and loads) another
+    way: on a coarser grid (``microstructure.coarsen``) or with other physics
+    (``solver.constitutive``). The sample count may differ.
+
+    Raises:
+        StoreError: the campaigns differ elsewhere (``make`` says how to make a partner).
+    """
+    a = dict(_store.open_store(store.path, "r").attrs["config"])
+    b = dict(_store.open_store(partner.path, "r").attrs["config"])
+    sec_a, sec_b = dict(a.get(section) or {}), dict(b.get(section) or {})
+    value = sec_b.pop(key, None)
+    sec_a.pop(key, None)
+    a[section], b[section] = sec_a, sec_b
+    a.pop("samples", None)
+    b.pop("samples", None)
+    if a != b:
+        differing = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        raise StoreError(f"{partner.path} is not a partner of {store.path}: their campaigns differ in "
+                         f"{', '.join(differing)} (make one with: {make})")
+    if store.n_steps != partner.n_steps:
+        raise StoreError(f"{partner.path}: {partner.n_steps} output steps, {store.path} has {store.n_steps}")
+    return value
 
 
 def material_stiffness(material: Mapping[str, Any]) -> np.ndarray:
@@ -364,7 +395,7 @@ def channel_statistics(dataset: CampaignDataset, max_samples: int = 128) -> dict
     f, c, t = [], [], []
     for s in dataset.samples[:max_samples]:
         d = dataset.sample_data(s)
-        f.append(d.fields[None])
+        f.append(d.fields[dataset.steps] if d.fields.ndim == 4 else d.fields[None])  # per step: a correction
         c.append(d.condition[dataset.steps])
         t.append(d.targets[dataset.steps])
     fm, fs = moments(f, (0, 2, 3))

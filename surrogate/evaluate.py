@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from solver.errors import ConfigError
+from solver.errors import ConfigError, StoreError
 from solver.loading import MODES
 
 from . import features, losses
@@ -179,7 +179,7 @@ def _summary(acc: _Accumulator) -> dict[str, Any]:
 
 
 def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
-    if a.size < 3:
+    if a.size < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:  # a constant has no rank correlation
         return None
     from scipy.stats import spearmanr
 
@@ -187,20 +187,37 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
     return None if not np.isfinite(r) else float(r)
 
 
-def evaluate_split(ensemble: Ensemble, store: str, samples: list[int], batch_size: int = 32,
-                   keep: int = 0) -> tuple[dict[str, Any], list[dict]]:
-    """Metrics of ``ensemble`` on ``samples`` of ``store``; also up to ``keep`` samples' last-step maps."""
-    ds = CampaignDataset(store, samples)
+def evaluate_split(ensemble: Ensemble | None, store: str, samples: list[int], batch_size: int = 32,
+                   keep: int = 0, *, coarse: str | None = None, upsampling: str = "bilinear",
+                   predictor=None, tolerance: float | None = None) -> tuple[dict[str, Any], list[dict]]:
+    """Metrics of ``ensemble`` on ``samples`` of ``store``; also up to ``keep`` samples' last-step maps.
+
+    Args:
+        coarse: the store's coarse partner, for a low-resolution correction model
+            (items of :class:`surrogate.correction.CorrectionDataset`, ``upsampling``).
+        predictor: ``f(batch) -> (pred, trust)`` in place of the ensemble (baselines,
+            e.g. :func:`surrogate.correction.coarse_baseline`); ``tolerance`` then
+            sets the trust tolerance (default 5 %).
+    """
+    if coarse is not None:
+        from .correction import CorrectionDataset
+
+        ds = CorrectionDataset(store, coarse, samples, upsampling=upsampling)
+    else:
+        ds = CampaignDataset(store, samples)
     # whole samples per batch keep the per-sample records together
     steps = len(ds.steps)
     loader = DataLoader(ds, batch_size=max(1, batch_size // steps) * steps, shuffle=False, collate_fn=collate)
     acc = _Accumulator()
     kept = []
-    tol = float(ensemble.meta["config"]["trust_tolerance"])
+    tol = float(ensemble.meta["config"]["trust_tolerance"]) if ensemble is not None else (tolerance or 0.05)
     for batch in loader:
-        pred = ensemble.predict(batch["fields"], batch["condition"], batch["schmid"])
-        pred = {k: v.cpu() for k, v in pred.items()}
-        trust = ensemble.trust(pred)
+        if predictor is not None:
+            pred, trust = predictor(batch)
+        else:
+            pred = ensemble.predict(batch["fields"], batch["condition"], batch["schmid"])
+            pred = {k: v.cpu() for k, v in pred.items()}
+            trust = ensemble.trust(pred)
         _update(acc, batch, pred, trust, ds.steps[-1], tol)
         for i in np.flatnonzero((batch["step"] == ds.steps[-1]).numpy()):
             if len(kept) < keep:
@@ -213,9 +230,15 @@ def evaluate_split(ensemble: Ensemble, store: str, samples: list[int], batch_siz
     return summary, kept
 
 
-def timing(ensemble: Ensemble, store: str, samples: list[int], repeats: int = 3) -> dict[str, float]:
+def timing(ensemble: Ensemble, store: str, samples: list[int], repeats: int = 3,
+           coarse: str | None = None) -> dict[str, float]:
     """Seconds per sample (all output steps) of the ensemble: one sample per call, and batched."""
-    ds = CampaignDataset(store, samples[:8])
+    if coarse is not None:
+        from .correction import CorrectionDataset
+
+        ds = CorrectionDataset(store, coarse, samples[:8])
+    else:
+        ds = CampaignDataset(store, samples[:8])
     steps = len(ds.steps)
     items = [collate([ds[k * steps + j] for j in range(steps)]) for k in range(len(ds.samples))]
     ensemble.predict(items[0]["fields"], items[0]["condition"], items[0]["schmid"])  # warm-up
@@ -236,20 +259,35 @@ def timing(ensemble: Ensemble, store: str, samples: list[int], repeats: int = 3)
 
 
 def evaluate(model_dir: str | Path, store: str | Path, out: str | Path, *, splits: list[str] | None = None,
-             plots: bool = True, quiet: bool = False) -> dict[str, Any]:
+             plots: bool = True, quiet: bool = False, coarse: str | Path | None = None) -> dict[str, Any]:
     """Evaluate a model directory on a store; writes ``evaluation.json`` and PNGs into ``out``.
 
     Args:
         splits: names among ``train validation test held_out all``. Default: the
             model's own test/held_out/validation splits when the store is the one
             it was trained on, else ``all`` (every finished sample).
+        coarse: the coarse partner of ``store``, required for a low-resolution
+            correction model; the plain coarse solve (nearest and bilinear
+            upsampling) is then evaluated beside the correction.
 
     Raises:
         ModelError, StoreError, ConfigError: bad model, a store it does not fit, unknown split.
     """
+    from .correction import coarsening_factor, coarse_baseline, done_in_both, is_correction
+
     ensemble = load_model(model_dir)
     info = store_info(store)
     check_fits(ensemble.meta["store"], info)
+    if is_correction(ensemble.meta):
+        if coarse is None:
+            raise ConfigError(f"{model_dir} is a low-resolution correction: give the store's coarse partner (--coarse)")
+        factor = coarsening_factor(info, store_info(coarse))
+        if factor != ensemble.meta["coarse"]["factor"]:
+            raise StoreError(f"{coarse}: {factor}x coarser, but the model corrects {ensemble.meta['coarse']['factor']}x "
+                             "coarser solves")
+        coarse = str(coarse)
+    elif coarse is not None:
+        raise ConfigError(f"{model_dir} is a surrogate, not a low-resolution correction: --coarse does not apply")
     same_store = ensemble.meta["store"]["fingerprint"] == info.fingerprint
     if splits is None:
         splits = ["test", "held_out", "validation"] if same_store else ["all"]
@@ -274,7 +312,15 @@ def evaluate(model_dir: str | Path, store: str | Path, out: str | Path, *, split
             say(f"evaluate: split '{name}' is empty, skipped")
             continue
         t0 = time.perf_counter()
-        metrics, kept = evaluate_split(ensemble, str(store), samples, keep=3)
+        if coarse is not None:
+            samples = done_in_both(samples, coarse)
+        metrics, kept = evaluate_split(ensemble, str(store), samples, keep=3, coarse=coarse)
+        if coarse is not None:  # the plain coarse solve on the same samples, in the same run
+            tol = float(ensemble.meta["config"]["trust_tolerance"])
+            metrics["baselines"] = {
+                f"coarse_{up}": evaluate_split(None, str(store), samples, coarse=coarse, upsampling=up,
+                                               predictor=coarse_baseline, tolerance=tol)[0]
+                for up in ("nearest", "bilinear")}
         report["splits"][name] = metrics
         maps[name] = kept
         say(f"evaluate [{name}] {metrics['samples']} samples: stress nMAE {100 * metrics['stress_nmae_mean']:.2f} %, "
@@ -283,8 +329,12 @@ def evaluate(model_dir: str | Path, store: str | Path, out: str | Path, *, split
             f"macro error {100 * metrics['macro_curve']['median_relative_error']:.2f} %, slip system "
             f"{100 * metrics['slip_system']['accuracy']:.1f} % (Schmid {100 * metrics['slip_system']['schmid_accuracy']:.1f} %), "
             f"trust {metrics['trust']['mean']:.2f} ({time.perf_counter() - t0:.0f} s)")
+        for base, m in metrics.get("baselines", {}).items():
+            say(f"evaluate [{name}] plain {base.replace('_', ' ')}: stress nMAE {100 * m['stress_nmae_mean']:.2f} %, "
+                f"von Mises MAPE {100 * m['von_mises_mape']:.2f} %, misorientation median "
+                f"{m['misorientation_deg']['median']:.3f} deg")
     first = next((v for v in chosen.values() if v), None)
-    report["speed"] = timing(ensemble, str(store), first) if first else None
+    report["speed"] = timing(ensemble, str(store), first, coarse=coarse) if first else None
     report["calibration"] = ensemble.meta.get("calibration")
     if plots:
         report["pictures"] = _plots(report, maps, out)

@@ -202,6 +202,9 @@ class Surrogate(nn.Module):
         n_condition: load-condition channels; n_slip: slip systems.
         backbone_kwargs: plain-type arguments of the backbone.
         slip_hidden: hidden width of the slip-system head.
+        n_coarse: 0, or 16 for a low-resolution correction (:mod:`surrogate.correction`):
+            the last 16 input channels are a coarse solve's targets on the fine
+            grid (physical units) and the network predicts the correction to them.
 
     ``forward`` takes the *physical* inputs and returns normalised predictions
     (``values`` ``(B, 16, y, x)`` in target-normaliser units, ``slip_logits``
@@ -209,12 +212,17 @@ class Surrogate(nn.Module):
     """
 
     def __init__(self, backbone: str = "fno", n_fields: int = 30, n_condition: int = features.N_CONDITION,
-                 n_slip: int = 12, backbone_kwargs: dict | None = None, slip_hidden: int = 16):
+                 n_slip: int = 12, backbone_kwargs: dict | None = None, slip_hidden: int = 16, n_coarse: int = 0):
         super().__init__()
         if backbone not in BACKBONES:
             raise ConfigError(f"model '{backbone}' is unknown; known: {', '.join(BACKBONES)}")
+        if n_coarse not in (0, features.N_TARGETS):
+            raise ConfigError(f"n_coarse must be 0 or {features.N_TARGETS} (the target channels), got {n_coarse}")
         self.kwargs = {"backbone": backbone, "n_fields": n_fields, "n_condition": n_condition,
                        "n_slip": n_slip, "backbone_kwargs": dict(backbone_kwargs or {}), "slip_hidden": slip_hidden}
+        if n_coarse:  # only when used: checkpoints of plain surrogates keep their kwargs
+            self.kwargs["n_coarse"] = n_coarse
+        self.n_coarse = n_coarse
         self.field_norm = Normaliser(n_fields)
         self.condition_norm = Normaliser(n_condition, channel_dim=1)
         self.target_norm = Normaliser(features.N_TARGETS)
@@ -235,7 +243,10 @@ class Surrogate(nn.Module):
     def forward(self, fields: torch.Tensor, condition: torch.Tensor, schmid: torch.Tensor):
         c = self.condition_norm(condition)[:, :, None, None].expand(-1, -1, *fields.shape[-2:])
         h = self.backbone(torch.cat([self.field_norm(fields), c], dim=1))
-        return {"values": self.head(h), "slip_logits": self.slip_head(h, schmid)}
+        values = self.head(h)
+        if self.n_coarse:  # a low-resolution correction: learn fine minus (upsampled) coarse
+            values = values + self.target_norm(fields[:, -self.n_coarse:])
+        return {"values": values, "slip_logits": self.slip_head(h, schmid)}
 
     def physical(self, values: torch.Tensor) -> torch.Tensor:
         """Normalised ``values`` -> SI units (Pa, 1, rad, 1)."""

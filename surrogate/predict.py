@@ -25,8 +25,13 @@ from .uncertainty import Ensemble
 
 
 def predict_map(ensemble: Ensemble, euler: np.ndarray, grain_id: np.ndarray, mode: str, direction, strain: float,
-                *, rate: float = 1.0e-3, steps: int = 10) -> dict[str, Any]:
+                *, rate: float = 1.0e-3, steps: int = 10, coarse_values: np.ndarray | None = None) -> dict[str, Any]:
     """Surrogate fields of a 2-D map under a load, at ``steps`` equal strain increments.
+
+    With a low-resolution correction model (:mod:`surrogate.correction`),
+    ``coarse_values`` ``(steps, 16, ny / k, nx / k)`` are the targets of the coarse
+    solve of the same load at the same steps (:func:`surrogate.data.sample_targets`
+    without step 0), and the fields are the corrected fine fields.
 
     Args:
         ensemble: a loaded model (:func:`surrogate.uncertainty.load_model`).
@@ -63,27 +68,32 @@ def predict_map(ensemble: Ensemble, euler: np.ndarray, grain_id: np.ndarray, mod
     applied = np.linspace(0.0, float(strain), steps + 1)
     condition = np.stack([features.load_condition(mode, direction, e, rate) for e in applied[1:]]).astype(np.float32)
     n = steps
-    f = torch.from_numpy(inputs["fields"])[None].expand(n, -1, -1, -1)
+    correction = ensemble.meta.get("coarse")
+    if correction and coarse_values is None:
+        raise ConfigError("this model corrects a coarse solve: give the coarse solve's fields (slipstream couple correct)")
+    if correction:
+        k = int(correction["factor"])
+        if coarse_values.shape != (steps, features.N_TARGETS, euler.shape[0] // k, euler.shape[1] // k) \
+                or euler.shape[0] % k or euler.shape[1] % k:
+            raise ConfigError(f"coarse fields {coarse_values.shape} do not fit a {euler.shape[1]} x {euler.shape[0]} map "
+                              f"at factor {k} and {steps} steps")
+        from .correction import fine_inputs
+
+        f = torch.from_numpy(fine_inputs(inputs["fields"], coarse_values, k))
+    else:
+        f = torch.from_numpy(inputs["fields"])[None].expand(n, -1, -1, -1)
     s = torch.from_numpy(inputs["schmid"])[None].expand(n, -1, -1, -1)
     pred = ensemble.predict(f, torch.from_numpy(condition), s)
     pred = {k: v.cpu() for k, v in pred.items()}
     trust = ensemble.trust(pred).numpy()
     values = pred["values"].numpy().astype(np.float64)  # (steps, 16, ny, nx)
     ny, nx = grain_id.shape
-    zeros = np.zeros((1, ny, nx))
-    g0 = euler_to_matrix(euler)
-    omega = np.moveaxis(values[:, features.TARGETS["rotation"]], 1, -1)
-    g = features.deformed_orientation(g0[None], omega)
-    stress = np.concatenate([np.zeros((1, ny, nx, 6)), np.moveaxis(values[:, :6], 1, -1)])
     factor, reason = ensemble.domain_factor(mode, float(strain), features.microstructure_summary(inputs["fields"]))
+    fields = state_fields(values, euler)
+    fields["von_mises_stress"][1:] = pred["von_mises"].numpy()  # the members' mean von Mises, not that of the mean
     return {
-        "stress": stress,
-        "strain": np.concatenate([np.zeros((1, ny, nx, 6)), np.moveaxis(values[:, 6:12], 1, -1)]),
-        "euler": np.concatenate([euler[None], matrix_to_euler(g)]),
-        "slip": np.concatenate([zeros, np.maximum(values[:, 15], 0.0)]),
-        "von_mises_stress": np.concatenate([zeros, pred["von_mises"].numpy()]),
+        **fields,
         "trust": np.concatenate([np.ones((1, ny, nx)), trust]),
-        "macro_stress": stress.mean(axis=(1, 2)),
         "applied_strain": applied,
         "dominant_slip_system": np.where(values[-1, 15] >= features.PLASTIC_SLIP,
                                          pred["slip_probability"][-1].argmax(0).numpy(), -1),
@@ -91,4 +101,34 @@ def predict_map(ensemble: Ensemble, euler: np.ndarray, grain_id: np.ndarray, mod
         "domain_factor": factor,
         "domain_reason": reason,
         "seconds": time.perf_counter() - t0,
+    }
+
+
+def state_fields(values: np.ndarray, euler: np.ndarray) -> dict[str, np.ndarray]:
+    """Fields of a map from predicted targets at steps ``1..n`` (step 0 unloaded).
+
+    Args:
+        values: ``(n, 16, ny, nx)`` targets in SI units (:func:`surrogate.features.step_targets` layout).
+        euler: ``(ny, nx, 3)`` initial Bunge angles.
+
+    Returns:
+        ``stress``, ``strain`` ``(n+1, ny, nx, 6)``; ``euler`` ``(n+1, ny, nx, 3)``
+        (the initial orientation rotated by the predicted lattice rotation);
+        ``slip`` and ``von_mises_stress`` ``(n+1, ny, nx)``; ``macro_stress`` ``(n+1, 6)`` (voxel means).
+    """
+    from .uncertainty import von_mises
+
+    values = np.asarray(values, dtype=np.float64)
+    ny, nx = values.shape[-2:]
+    zeros = np.zeros((1, ny, nx))
+    g = features.deformed_orientation(euler_to_matrix(euler)[None],
+                                      np.moveaxis(values[:, features.TARGETS["rotation"]], 1, -1))
+    stress = np.concatenate([np.zeros((1, ny, nx, 6)), np.moveaxis(values[:, :6], 1, -1)])
+    return {
+        "stress": stress,
+        "strain": np.concatenate([np.zeros((1, ny, nx, 6)), np.moveaxis(values[:, 6:12], 1, -1)]),
+        "euler": np.concatenate([euler[None], matrix_to_euler(g)]),
+        "slip": np.concatenate([zeros, np.maximum(values[:, 15], 0.0)]),
+        "von_mises_stress": np.concatenate([zeros, von_mises(torch.from_numpy(values[:, :6])).numpy()]),
+        "macro_stress": stress.mean(axis=(1, 2)),
     }

@@ -36,6 +36,7 @@ from solver.loading import MODES
 
 from . import checkpoint, features, losses
 from .config import train_config
+from .correction import CorrectionDataset, coarsening_factor, correction_meta, done_in_both
 from .data import CampaignDataset, check_fits, channel_statistics, make_splits, SplitSpec, store_info
 from .models import Surrogate, build_model
 from .uncertainty import Ensemble, calibrate
@@ -149,6 +150,9 @@ def train_member(member: int, cfg: dict, stats: dict, datasets: dict, out: Path,
     info = datasets["train"].info
     kwargs = {"backbone": cfg["model"], "n_fields": features.n_field_channels(info.n_slip),
               "n_condition": features.N_CONDITION, "n_slip": info.n_slip, "backbone_kwargs": cfg["model_kwargs"]}
+    if getattr(datasets["train"], "coarse_path", None):  # a low-resolution correction
+        kwargs["n_fields"] += features.N_TARGETS
+        kwargs["n_coarse"] = features.N_TARGETS
     core = build_model(kwargs)
     core.set_statistics(stats)
     core.to(ctx.device)
@@ -257,17 +261,22 @@ def training_domain(store: str, samples: list[int], dataset: CampaignDataset | N
     modes = group["load_mode"][:][samples]
     strains = group["load_strain"][:][samples]
     dataset = dataset or CampaignDataset(store, samples)
-    summaries = np.stack([features.microstructure_summary(dataset.sample_data(i).fields) for i in samples])
+    n_map = features.n_field_channels(dataset.info.n_slip)  # the map's channels (a correction appends more)
+    summaries = np.stack([features.microstructure_summary(dataset.sample_data(i).fields.reshape(
+        -1, *dataset.sample_data(i).fields.shape[-2:])[:n_map]) for i in samples])
     return {"modes": sorted({MODES[int(m)] for m in modes}), "strain_min": float(strains.min()),
             "strain_max": float(strains.max()), "microstructure": microstructure_domain(summaries)}
 
 
 def train(store: str | Path, out: str | Path, config=None, *, resume: bool = False,
-          overrides: dict | None = None, quiet: bool = False) -> dict[str, Any]:
+          overrides: dict | None = None, quiet: bool = False, coarse: str | Path | None = None) -> dict[str, Any]:
     """Train (or resume) a surrogate ensemble on a campaign store; returns ``model.json``'s content.
 
     Args:
         store: campaign store; out: model directory (created).
+        coarse: the store's coarse partner (``slipstream campaign CFG --coarsen K``):
+            train a low-resolution correction (:mod:`surrogate.correction`) instead
+            of a surrogate.
         config: training config mapping or YAML path (:func:`surrogate.config.train_config`).
         resume: continue a run in ``out`` (same config and store), skipping finished members.
         overrides: config keys that replace those of ``config`` (e.g. from the CLI).
@@ -294,6 +303,9 @@ def train(store: str | Path, out: str | Path, config=None, *, resume: bool = Fal
                 decision["splits"] = json.loads(recorded.read_text())["splits"]
             else:
                 decision["splits"] = make_splits(store, SplitSpec.from_config(cfg["split"]))
+                if coarse is not None:
+                    coarsening_factor(info, store_info(coarse))  # the partner, checked before anything is written
+                    decision["splits"] = {k: done_in_both(v, coarse) for k, v in decision["splits"].items()}
             if not decision["splits"]["validation"]:
                 raise ConfigError(f"{store}: too few samples for a validation split "
                                   f"({sum(map(len, decision['splits'].values()))} done)")
@@ -308,8 +320,12 @@ def train(store: str | Path, out: str | Path, config=None, *, resume: bool = Fal
         raise {"ConfigError": ConfigError, "ModelError": ModelError, "StoreError": StoreError}[kind](msg)
     splits = decision["splits"]
     log = (lambda msg: None) if quiet else ctx.say
-    datasets = {name: CampaignDataset(store, splits[name], cache_samples=cfg["cache_samples"])
-                for name in ("train", "validation")}
+    if coarse is None:
+        datasets = {name: CampaignDataset(store, splits[name], cache_samples=cfg["cache_samples"])
+                    for name in ("train", "validation")}
+    else:
+        datasets = {name: CorrectionDataset(store, coarse, splits[name], cache_samples=cfg["cache_samples"])
+                    for name in ("train", "validation")}
     log(f"train: {info.path}: {len(splits['train'])} training, {len(splits['validation'])} validation, "
         f"{len(splits['test'])} test, {len(splits['held_out'])} held-out samples; "
         f"{cfg['model']} {cfg['model_kwargs']} x {cfg['ensemble']} member(s), {cfg['epochs']} epochs, "
@@ -337,6 +353,7 @@ def train(store: str | Path, out: str | Path, config=None, *, resume: bool = Fal
                 "members": members, "config": cfg, "store": info.signature(), "splits": splits,
                 "training_domain": training_domain(str(store), splits["train"], datasets["train"]),
                 "metrics": {"members": [r["best"] for r in results]}, "versions": checkpoint.versions(),
+                **({"coarse": correction_meta(datasets["train"])} if coarse is not None else {}),
                 "train_seconds": time.perf_counter() - t0, "processes": ctx.world, "device": ctx.device.type}
         ensemble = Ensemble([_load_member(out / m) for m in members], meta).to(ctx.device)
         cal_loader = DataLoader(datasets["validation"], batch_size=cfg["batch_size"], collate_fn=collate)

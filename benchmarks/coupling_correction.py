@@ -1,0 +1,137 @@
+"""Low-resolution correction: error against the fine solve and wall time, next to the plain coarse solves.
+
+Measured in one run, on the correction model's test and held-out samples of the
+default campaign:
+
+1. Errors against the fine (32 x 32) solve of: the corrected 4x coarser solve;
+   the plain 4x and 2x coarser solves brought to the fine grid by nearest
+   (what the coarse solve says per voxel) and bilinear (periodic, cell-centred)
+   upsampling. Stress nMAE per component, von Mises MAPE, misorientation,
+   mean-stress error, grain boundary vs interior.
+2. Wall time on this machine, same samples, serial: the fine solve, the 2x and
+   4x coarser solves (each as the campaign's config says), and the correction's
+   inference; the speed-up of coarse solve + correction over the fine solve.
+
+Goal (issue 5): at 4x coarser, an error no larger than that of the plain 2x
+coarser solve, at least 10x faster than the fine solve.
+
+Usage::
+
+    slipstream campaign examples/campaign_default.yaml --store data/default.zarr
+    slipstream campaign examples/campaign_default.yaml --coarsen 4 --store data/coarse4.zarr
+    slipstream campaign examples/campaign_default.yaml --coarsen 2 --store data/coarse2.zarr
+    python benchmarks/coupling_correction.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import platform
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+KEYS = ("stress_nmae_mean", "stress_nmae", "von_mises_mape", "misorientation_deg", "macro_curve", "boundary",
+        "interior", "nrmse")
+
+
+def _solve_times(fine: str, indices: list[int], factors: list[int]) -> dict[str, list[float]]:
+    import dolfinx_solver  # noqa: F401  (before petsc4py)
+    from mpi4py import MPI
+
+    from solver import store as st
+    from solver.campaign import parse_campaign, sample_config
+    from solver.config import prepare_simulation
+    from solver.simulate import solve_sample
+
+    cfg = dict(st.open_store(fine).attrs["config"])
+    times: dict[str, list[float]] = {}
+    for k in factors:
+        c = json.loads(json.dumps(cfg))
+        if k > 1:
+            c["microstructure"]["coarsen"] = k
+        spec = parse_campaign(c, ROOT)
+        for i in indices:
+            setup = prepare_simulation(sample_config(spec, i), ROOT)
+            t0 = time.perf_counter()
+            solve_sample(MPI.COMM_SELF, setup)
+            times.setdefault(str(k), []).append(time.perf_counter() - t0)
+    return times
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--fine", default=str(ROOT / "data" / "default.zarr"))
+    ap.add_argument("--coarse4", default=str(ROOT / "data" / "coarse4.zarr"))
+    ap.add_argument("--coarse2", default=str(ROOT / "data" / "coarse2.zarr"))
+    ap.add_argument("--model", default=str(ROOT / "surrogate" / "pretrained" / "correct4"))
+    ap.add_argument("--timed-samples", type=int, default=4)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "coupling_correction.json"))
+    args = ap.parse_args(argv)
+
+    import numpy as np
+    import torch
+
+    from surrogate.correction import coarse_baseline, done_in_both
+    from surrogate.evaluate import evaluate_split, timing
+    from surrogate.uncertainty import load_model
+
+    ens = load_model(args.model)
+    tol = float(ens.meta["config"]["trust_tolerance"])
+    report = {"machine": {"platform": platform.platform(), "processor": platform.processor(),
+                          "torch_threads": torch.get_num_threads()},
+              "model": args.model, "fine": args.fine, "coarse": {"4": args.coarse4, "2": args.coarse2},
+              "goal": "corrected 4x coarser: error <= plain 2x coarser, >= 10x faster than the fine solve",
+              "splits": {}}
+    for split in ("test", "held_out"):
+        samples = done_in_both(done_in_both(ens.meta["splits"][split], args.coarse4), args.coarse2)
+        if not samples:
+            continue
+        t0 = time.perf_counter()
+        rows = {"corrected_4x": evaluate_split(ens, args.fine, samples, coarse=args.coarse4)[0]}
+        for k, path in (("4", args.coarse4), ("2", args.coarse2)):
+            for up in ("nearest", "bilinear"):
+                rows[f"plain_{k}x_{up}"] = evaluate_split(None, args.fine, samples, coarse=path, upsampling=up,
+                                                          predictor=coarse_baseline, tolerance=tol)[0]
+        report["splits"][split] = {"samples": len(samples),
+                                   **{name: {key: m[key] for key in KEYS} for name, m in rows.items()}}
+        print(f"[{split}] {len(samples)} samples ({time.perf_counter() - t0:.0f} s)")
+        for name, m in rows.items():
+            print(f"  {name:22s} stress nMAE {100 * m['stress_nmae_mean']:5.2f} %  von Mises MAPE "
+                  f"{100 * m['von_mises_mape']:5.2f} %  misorientation median {m['misorientation_deg']['median']:.3f} deg"
+                  f"  boundary vM MAPE {100 * m['boundary']['von_mises_mape']:5.2f} %", flush=True)
+
+    timed = ens.meta["splits"]["test"][: args.timed_samples]
+    times = _solve_times(args.fine, timed, [1, 2, 4])
+    inference = timing(ens, args.fine, timed, coarse=args.coarse4)
+    fine_s, c2_s, c4_s = (float(np.mean(times[k])) for k in ("1", "2", "4"))
+    corr_s = inference["seconds_per_sample"]
+    report["speed"] = {"samples": timed, "seconds_per_sample": {"fine_solve": fine_s, "coarse_2x_solve": c2_s,
+                                                                "coarse_4x_solve": c4_s, "correction": corr_s,
+                                                                "coarse_4x_plus_correction": c4_s + corr_s},
+                       "speedup_over_fine": {"coarse_2x": fine_s / c2_s, "coarse_4x": fine_s / c4_s,
+                                             "corrected_4x": fine_s / (c4_s + corr_s)},
+                       "all_solve_seconds": times, "correction_timing": inference}
+    t = report["splits"].get("test")
+    if t:
+        report["goal_met"] = {
+            "von_mises_mape_not_above_plain_2x": t["corrected_4x"]["von_mises_mape"]
+            <= min(t["plain_2x_nearest"]["von_mises_mape"], t["plain_2x_bilinear"]["von_mises_mape"]),
+            "stress_nmae_not_above_plain_2x": t["corrected_4x"]["stress_nmae_mean"]
+            <= min(t["plain_2x_nearest"]["stress_nmae_mean"], t["plain_2x_bilinear"]["stress_nmae_mean"]),
+            "at_least_10x_faster": report["speed"]["speedup_over_fine"]["corrected_4x"] >= 10.0}
+    print(f"speed per sample: fine {fine_s:.1f} s, 2x coarser {c2_s:.2f} s, 4x coarser {c4_s:.2f} s + correction "
+          f"{corr_s:.3f} s = {report['speed']['speedup_over_fine']['corrected_4x']:.1f}x faster than fine")
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

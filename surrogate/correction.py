@@ -1,0 +1,172 @@
+"""Low-resolution correction: coarse-solve fields + the fine orientation map -> fine fields.
+
+A campaign solved on a grid ``k`` times coarser (``slipstream campaign CFG
+--coarsen K``, :func:`solver.microstructure.coarsen`) is the *coarse partner* of
+the fine store made by the same config: sample ``i`` is the same map (block
+majority grain) under the same load. A correction model is a
+:class:`surrogate.models.Surrogate` whose inputs are the fine map's channels
+(:func:`surrogate.features.sample_inputs`) followed by the coarse solve's 16
+target channels brought to the fine grid by :func:`upsample`, and whose output
+adds a learned correction to those upsampled coarse fields (``n_coarse`` in
+:class:`~surrogate.models.Surrogate`): the network learns the difference
+between the coarse and the fine solve, which is small where the grains are
+large and concentrated at grain boundaries and triple junctions.
+
+Conventions: fields ``(..., C, ny, nx)`` on a periodic, cell-centred voxel grid;
+the coarse voxel ``(J, I)`` covers fine voxels ``J k .. J k + k - 1`` (and the
+same in x), its centre lies at fine index ``(J + 1/2) k - 1/2``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from solver import store as _store
+from solver.errors import StoreError
+
+from . import features
+from .data import CampaignDataset, SampleData, StoreInfo, partner_value, sample_targets, store_info
+
+
+def upsample(x, factor: int, method: str = "bilinear"):
+    """Bring periodic cell-centred fields ``(..., C, ny, nx)`` to a grid ``factor`` times finer.
+
+    Args:
+        x: NumPy array or tensor.
+        factor: positive integer.
+        method: ``"nearest"`` (each coarse voxel's value over its block: what the
+            coarse solve itself says) or ``"bilinear"`` (periodic, cell-centred).
+
+    Returns:
+        The same type as ``x``, shape ``(..., C, factor ny, factor nx)``.
+    """
+    if factor == 1:
+        return x
+    is_numpy = isinstance(x, np.ndarray)
+    t = torch.as_tensor(x)
+    lead = t.shape[:-2]
+    t = t.reshape(-1, 1, *t.shape[-2:]).float()
+    if method == "nearest":
+        up = t.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+    elif method == "bilinear":
+        padded = F.pad(t, (1, 1, 1, 1), mode="circular")
+        up = F.interpolate(padded, scale_factor=factor, mode="bilinear", align_corners=False)
+        up = up[..., factor:-factor, factor:-factor]
+    else:
+        raise ValueError(f"unknown upsampling method {method!r}")
+    up = up.reshape(*lead, *up.shape[-2:])
+    return up.numpy() if is_numpy else up
+
+
+def restrict(x, factor: int):
+    """Block means of fine fields ``(..., ny, nx)`` over ``factor x factor`` blocks (the inverse of nearest)."""
+    if factor == 1:
+        return x
+    *lead, ny, nx = x.shape
+    return x.reshape(*lead, ny // factor, factor, nx // factor, factor).mean(axis=(-3, -1))
+
+
+def coarsening_factor(fine: StoreInfo, coarse: StoreInfo) -> int:
+    """The factor of a coarse partner store, checked against the fine store.
+
+    Raises:
+        StoreError: not the same campaign (config apart from ``coarsen``), another
+            step count, or a grid that is not a whole fraction.
+    """
+    fine_factor = _store.open_store(fine.path, "r").attrs["config"].get("microstructure", {}).get("coarsen", 1)
+    value = partner_value(fine, coarse, "microstructure", "coarsen",
+                          "slipstream campaign CFG --coarsen K") or 1
+    factor = int(value) // int(fine_factor)
+    if factor < 2:
+        raise StoreError(f"{coarse.path}: its grid {list(coarse.grid_shape)} is not coarser than {fine.path}'s "
+                         f"{list(fine.grid_shape)}")
+    if fine.grid_shape[1] != factor * coarse.grid_shape[1] or fine.grid_shape[2] != factor * coarse.grid_shape[2]:
+        raise StoreError(f"{coarse.path}: grid {list(coarse.grid_shape)} is not {fine.path}'s "
+                         f"{list(fine.grid_shape)} at factor {factor}")
+    return factor
+
+
+class CorrectionDataset(CampaignDataset):
+    """(sample, step) items of a fine store with its coarse partner's fields appended to the inputs.
+
+    Items are those of :class:`~surrogate.data.CampaignDataset`, with ``fields``
+    ``(Cf + 16, ny, nx)``: the fine map's channels, then the coarse solve's
+    targets upsampled (:func:`upsample`, bilinear) to the fine grid.
+
+    Args:
+        path: the fine store; coarse: its coarse partner (:func:`coarsening_factor`).
+        samples: sample indices done in both stores.
+        upsampling: ``"bilinear"`` (what correction models see) or ``"nearest"``.
+    """
+
+    def __init__(self, path: str | Path, coarse: str | Path, samples, steps=None, cache_samples: int = 512,
+                 upsampling: str = "bilinear"):
+        super().__init__(path, samples, steps, cache_samples)
+        self.upsampling = upsampling
+        self.coarse_path = str(coarse)
+        self.coarse_info = store_info(coarse)
+        self.factor = coarsening_factor(self.info, self.coarse_info)
+        self._coarse_group = None
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state["_coarse_group"] = None
+        return state
+
+    def sample_data(self, index: int) -> SampleData:
+        if index in self._cache:
+            self._cache.move_to_end(index)
+            return self._cache[index]
+        data = super().sample_data(index)
+        if self._coarse_group is None:
+            self._coarse_group = _store.open_store(self.coarse_path, "r")
+        if int(self._coarse_group["status"][index]) != _store.DONE:
+            raise StoreError(f"{self.coarse_path}: sample {index} is not done (rerun its campaign)")
+        coarse = upsample(sample_targets(self._coarse_group, index)[0], self.factor, self.upsampling)
+        data.fields = np.concatenate([data.fields[None].repeat(coarse.shape[0], 0), coarse], axis=1)
+        return data
+
+    def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
+        out = super().__getitem__(item)
+        out["fields"] = out["fields"][out["step"]]
+        return out
+
+
+def done_in_both(samples: list[int], coarse: str | Path) -> list[int]:
+    """The samples of ``samples`` that the coarse partner has done too."""
+    status = _store.sample_status(_store.open_store(coarse, "r"))
+    return [i for i in samples if i < status.size and status[i] == _store.DONE]
+
+
+def correction_meta(dataset: CorrectionDataset) -> dict[str, Any]:
+    """What ``model.json`` records about the coarse partner of a correction model."""
+    return {"factor": dataset.factor, "store": dataset.coarse_info.signature(), "upsampling": "bilinear"}
+
+
+def fine_inputs(fine_fields: np.ndarray, coarse_values: np.ndarray, factor: int) -> np.ndarray:
+    """Model inputs ``(n_steps, Cf + 16, ny, nx)`` from a fine map's channels and a coarse solve's targets."""
+    up = upsample(np.asarray(coarse_values, dtype=np.float32), factor)
+    return np.concatenate([np.broadcast_to(fine_fields, (up.shape[0],) + fine_fields.shape), up], axis=1)
+
+
+def is_correction(meta: Mapping[str, Any]) -> bool:
+    """Whether a ``model.json`` describes a low-resolution correction model."""
+    return bool(meta.get("coarse"))
+
+
+def coarse_baseline(batch: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The upsampled coarse solve itself as a prediction of a :class:`CorrectionDataset` batch
+    (for :func:`surrogate.evaluate.evaluate_split`): its fields, the Schmid guess of the active
+    system, and a trust of 1."""
+    from .uncertainty import von_mises
+
+    values = batch["fields"][:, -features.N_TARGETS:].float()
+    slip = torch.nn.functional.one_hot(batch["schmid"].abs().argmax(1), batch["schmid"].shape[1])
+    pred = {"values": values, "von_mises": von_mises(values[:, features.TARGETS["stress"]]),
+            "slip_probability": slip.permute(0, 3, 1, 2).float()}
+    return pred, torch.ones_like(pred["von_mises"])
