@@ -104,6 +104,20 @@ def cmd_fdm(args) -> int:
 
 
 def cmd_train(args) -> int:
+    if args.learned_update:
+        from solver.errors import ConfigError
+        from surrogate.learned_update import train_learned_update
+
+        if args.store or args.coarse or args.forecast or args.resume:
+            raise ConfigError("--learned-update trains on the physics kernel's own updates: --store, --coarse, "
+                              "--forecast and --resume do not apply")
+        train_learned_update(args.learned_update, args.out, epochs=args.epochs or 60, seed=args.seed or 0,
+                             quiet=args.quiet)
+        return 0
+    if not args.store:
+        from solver.errors import ConfigError
+
+        raise ConfigError("--store is required (the campaign to learn from)")
     if args.forecast:
         from solver.errors import ConfigError
         from surrogate.forecast import train_forecast
@@ -224,8 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
     cf.set_defaults(func=cmd_couple_forecast)
 
     t = sub.add_parser("train", help="fit the surrogate ensemble to a campaign store (CPU, GPU, or under torchrun)")
-    t.add_argument("--store", required=True, help="campaign Zarr store")
+    t.add_argument("--store", help="campaign Zarr store")
     t.add_argument("--out", required=True, help="model directory (checkpoints, model.json)")
+    t.add_argument("--learned-update", metavar="MATERIAL",
+                   help="train a learned constitutive update (return map) for a material preset, from the physics "
+                        "kernel's own updates; use it with solver: {constitutive: learned, learned_model: DIR}")
     t.add_argument("--config", help="training YAML (see docs/surrogate.md); CLI flags override it")
     t.add_argument("--model", help="backbone: fno or unet")
     t.add_argument("--epochs", type=int)

@@ -80,7 +80,7 @@ def run_correct(comm, model: str, microstructure: str, load_text: str, out: str,
         group = zarr.open_group(coarse_run["store"], mode="r")
         values = sample_targets(group, 0)[0][1:]
         pred = predict_map(ensemble, euler, grain_id, load["mode"], load["direction"], load["strain"],
-                           steps=steps, coarse_values=values)
+                           steps=steps, coarse_values=values, coarse_euler=np.asarray(group["euler0"][0][0]))
         pred["coarse_solve_seconds"] = float(group["wall_time"][0])
         decision = pred["sample_trust"] < trust_threshold
         say(f"couple correct: coarse solve {pred['coarse_solve_seconds']:.1f} s, correction {pred['seconds']:.2f} s, "

@@ -27,10 +27,12 @@ from .errors import ConfigError, InputFileError
 
 SECTIONS = ("microstructure", "material", "boundary", "loading", "output", "solver")
 OUTPUT_KEYS = {"every": 1, "paraview": True, "plots": True}
-SOLVER_KEYS = {"stress_tolerance": 1.0, "max_cutbacks": 8, "petsc_options": {}, "constitutive": "crystal_plasticity"}
-#: Constitutive kernels a run may use: the material's crystal plasticity, or its elastic limit alone
-#: (:class:`solver.elastic.AnisotropicElasticity`: the "incomplete physics" of hybrid forecasts).
-CONSTITUTIVE = ("crystal_plasticity", "elastic")
+SOLVER_KEYS = {"stress_tolerance": 1.0, "max_cutbacks": 8, "petsc_options": {}, "constitutive": "crystal_plasticity",
+               "learned_model": None}
+#: Constitutive kernels a run may use: the material's crystal plasticity; its elastic limit alone
+#: (:class:`solver.elastic.AnisotropicElasticity`: the "incomplete physics" of hybrid forecasts); or
+#: crystal plasticity with a learned return map (:mod:`surrogate.learned_update`, needs ``learned_model``).
+CONSTITUTIVE = ("crystal_plasticity", "elastic", "learned")
 BOUNDARIES = ("periodic", "specimen")
 GRIPS = ("clamped", "frictionless")
 
@@ -126,6 +128,18 @@ def prepare_simulation(cfg: dict, base_dir: pathlib.Path | str = ".") -> Simulat
         raise ConfigError("solver.stress_tolerance must be positive and solver.max_cutbacks >= 0") from None
     if solver["constitutive"] not in CONSTITUTIVE:
         raise ConfigError(f"solver.constitutive {solver['constitutive']!r} is unknown; known: {', '.join(CONSTITUTIVE)}")
+    if solver["constitutive"] == "learned":
+        model = solver["learned_model"]
+        if not isinstance(model, str) or not model:
+            raise ConfigError("solver.constitutive: learned needs solver.learned_model: the model directory "
+                              "(slipstream train --learned-update MATERIAL --out DIR)")
+        path = pathlib.Path(model)
+        path = path if path.is_absolute() else pathlib.Path(base_dir) / path
+        if not (path / "model.json").is_file():
+            raise ConfigError(f"solver.learned_model: {path} is not a trained model directory (no model.json)")
+        solver["learned_model"] = str(path)
+    elif solver["learned_model"] is not None:
+        raise ConfigError("solver.learned_model applies only with solver.constitutive: learned")
 
     material = material_from_config(cfg.get("material") or {"preset": "Cu"})
     if not isinstance(cfg["microstructure"], dict):

@@ -53,7 +53,14 @@ def make_solver(comm, setup: SimulationSetup):
     from .fem import CrystalPlasticitySolver
 
     material = setup.material
-    if setup.solver.get("constitutive") == "elastic":
+    if setup.solver.get("constitutive") == "learned":
+        from surrogate.learned_update import LearnedCrystalPlasticity
+
+        model = setup.solver["learned_model"]
+
+        def kernel(g):
+            return LearnedCrystalPlasticity(model, material, g)
+    elif setup.solver.get("constitutive") == "elastic":
         from .elastic import AnisotropicElasticity
 
         stiffness = material.stiffness_tensor()

@@ -95,8 +95,9 @@ class CorrectionDataset(CampaignDataset):
     """(sample, step) items of a fine store with its coarse partner's fields appended to the inputs.
 
     Items are those of :class:`~surrogate.data.CampaignDataset`, with ``fields``
-    ``(Cf + 16, ny, nx)``: the fine map's channels, then the coarse solve's
-    targets upsampled (:func:`upsample`, bilinear) to the fine grid.
+    ``(Cf + N_COARSE_MAP + 16, ny, nx)`` (:func:`fine_inputs`): the fine map's
+    channels, the coarse map's, then the coarse solve's targets upsampled to
+    the fine grid.
 
     Args:
         path: the fine store; coarse: its coarse partner (:func:`coarsening_factor`).
@@ -127,8 +128,9 @@ class CorrectionDataset(CampaignDataset):
             self._coarse_group = _store.open_store(self.coarse_path, "r")
         if int(self._coarse_group["status"][index]) != _store.DONE:
             raise StoreError(f"{self.coarse_path}: sample {index} is not done (rerun its campaign)")
-        coarse = upsample(sample_targets(self._coarse_group, index)[0], self.factor, self.upsampling)
-        data.fields = np.concatenate([data.fields[None].repeat(coarse.shape[0], 0), coarse], axis=1)
+        coarse = sample_targets(self._coarse_group, index)[0]
+        coarse_euler = np.asarray(self._coarse_group["euler0"][index][0], dtype=float)
+        data.fields = fine_inputs(data.fields, coarse, self.factor, coarse_euler, self.upsampling)
         return data
 
     def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
@@ -148,10 +150,31 @@ def correction_meta(dataset: CorrectionDataset) -> dict[str, Any]:
     return {"factor": dataset.factor, "store": dataset.coarse_info.signature(), "upsampling": "bilinear"}
 
 
-def fine_inputs(fine_fields: np.ndarray, coarse_values: np.ndarray, factor: int) -> np.ndarray:
-    """Model inputs ``(n_steps, Cf + 16, ny, nx)`` from a fine map's channels and a coarse solve's targets."""
-    up = upsample(np.asarray(coarse_values, dtype=np.float32), factor)
-    return np.concatenate([np.broadcast_to(fine_fields, (up.shape[0],) + fine_fields.shape), up], axis=1)
+#: Channels that describe the coarse map on the fine grid: its orientation tensor, and the mismatch.
+N_COARSE_MAP = features.N_ORIENTATION + 1
+
+
+def coarse_map_channels(fine_fields: np.ndarray, coarse_euler: np.ndarray, factor: int) -> np.ndarray:
+    """``(N_COARSE_MAP, ny, nx)``: the crystal the coarse solve put at each fine voxel (cubic orientation
+    tensor of the coarse voxel over it), and how much it differs from the fine voxel's own
+    (squared distance of the two tensors: 0 inside grains the coarse grid resolves, large where a
+    block's majority grain took over a fine voxel of another grain)."""
+    from solver.rotations import euler_to_matrix
+
+    coarse = np.moveaxis(features.cubic_orientation_tensor(euler_to_matrix(coarse_euler)), -1, 0)
+    coarse = upsample(coarse.astype(np.float32), factor, "nearest")
+    mismatch = np.square(fine_fields[: features.N_ORIENTATION] - coarse).sum(0, keepdims=True)
+    return np.concatenate([coarse, mismatch]).astype(np.float32)
+
+
+def fine_inputs(fine_fields: np.ndarray, coarse_values: np.ndarray, factor: int, coarse_euler: np.ndarray,
+                upsampling: str = "bilinear") -> np.ndarray:
+    """Model inputs ``(n_steps, Cf + N_COARSE_MAP + 16, ny, nx)``: the fine map's channels, the coarse
+    map's (:func:`coarse_map_channels`), and the coarse solve's targets ``(n_steps, 16, cy, cx)``
+    upsampled (last: the correction adds to them)."""
+    up = upsample(np.asarray(coarse_values, dtype=np.float32), factor, upsampling)
+    static = np.concatenate([fine_fields, coarse_map_channels(fine_fields, coarse_euler, factor)])
+    return np.concatenate([np.broadcast_to(static, (up.shape[0],) + static.shape), up], axis=1)
 
 
 def is_correction(meta: Mapping[str, Any]) -> bool:

@@ -232,6 +232,9 @@ class Surrogate(nn.Module):
             raise ConfigError(f"model '{backbone}': bad arguments {self.kwargs['backbone_kwargs']} ({exc})") from None
         width = self.backbone.width
         self.head = nn.Sequential(nn.Conv2d(width, 2 * width, 1), nn.GELU(), nn.Conv2d(2 * width, features.N_TARGETS, 1))
+        if n_coarse:  # a correction starts as the plain (upsampled) coarse solve and learns from there
+            nn.init.zeros_(self.head[-1].weight)
+            nn.init.zeros_(self.head[-1].bias)
         self.slip_head = SlipSystemHead(width, slip_hidden)
 
     def set_statistics(self, stats: dict) -> None:

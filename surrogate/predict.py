@@ -25,13 +25,15 @@ from .uncertainty import Ensemble
 
 
 def predict_map(ensemble: Ensemble, euler: np.ndarray, grain_id: np.ndarray, mode: str, direction, strain: float,
-                *, rate: float = 1.0e-3, steps: int = 10, coarse_values: np.ndarray | None = None) -> dict[str, Any]:
+                *, rate: float = 1.0e-3, steps: int = 10, coarse_values: np.ndarray | None = None,
+                coarse_euler: np.ndarray | None = None) -> dict[str, Any]:
     """Surrogate fields of a 2-D map under a load, at ``steps`` equal strain increments.
 
     With a low-resolution correction model (:mod:`surrogate.correction`),
     ``coarse_values`` ``(steps, 16, ny / k, nx / k)`` are the targets of the coarse
     solve of the same load at the same steps (:func:`surrogate.data.sample_targets`
-    without step 0), and the fields are the corrected fine fields.
+    without step 0) on the coarse map ``coarse_euler`` ``(ny / k, nx / k, 3)``, and the
+    fields are the corrected fine fields.
 
     Args:
         ensemble: a loaded model (:func:`surrogate.uncertainty.load_model`).
@@ -69,7 +71,7 @@ def predict_map(ensemble: Ensemble, euler: np.ndarray, grain_id: np.ndarray, mod
     condition = np.stack([features.load_condition(mode, direction, e, rate) for e in applied[1:]]).astype(np.float32)
     n = steps
     correction = ensemble.meta.get("coarse")
-    if correction and coarse_values is None:
+    if correction and (coarse_values is None or coarse_euler is None):
         raise ConfigError("this model corrects a coarse solve: give the coarse solve's fields (slipstream couple correct)")
     if correction:
         k = int(correction["factor"])
@@ -79,7 +81,7 @@ def predict_map(ensemble: Ensemble, euler: np.ndarray, grain_id: np.ndarray, mod
                               f"at factor {k} and {steps} steps")
         from .correction import fine_inputs
 
-        f = torch.from_numpy(fine_inputs(inputs["fields"], coarse_values, k))
+        f = torch.from_numpy(np.ascontiguousarray(fine_inputs(inputs["fields"], coarse_values, k, coarse_euler)))
     else:
         f = torch.from_numpy(inputs["fields"])[None].expand(n, -1, -1, -1)
     s = torch.from_numpy(inputs["schmid"])[None].expand(n, -1, -1, -1)

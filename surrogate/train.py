@@ -36,7 +36,7 @@ from solver.loading import MODES
 
 from . import checkpoint, features, losses
 from .config import train_config
-from .correction import CorrectionDataset, coarsening_factor, correction_meta, done_in_both
+from .correction import N_COARSE_MAP, CorrectionDataset, coarsening_factor, correction_meta, done_in_both
 from .data import CampaignDataset, check_fits, channel_statistics, make_splits, SplitSpec, store_info
 from .models import Surrogate, build_model
 from .uncertainty import Ensemble, calibrate
@@ -151,7 +151,7 @@ def train_member(member: int, cfg: dict, stats: dict, datasets: dict, out: Path,
     kwargs = {"backbone": cfg["model"], "n_fields": features.n_field_channels(info.n_slip),
               "n_condition": features.N_CONDITION, "n_slip": info.n_slip, "backbone_kwargs": cfg["model_kwargs"]}
     if getattr(datasets["train"], "coarse_path", None):  # a low-resolution correction
-        kwargs["n_fields"] += features.N_TARGETS
+        kwargs["n_fields"] += N_COARSE_MAP + features.N_TARGETS
         kwargs["n_coarse"] = features.N_TARGETS
     core = build_model(kwargs)
     core.set_statistics(stats)

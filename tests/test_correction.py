@@ -76,9 +76,7 @@ def test_a_correction_model_without_correction_returns_the_coarse_fields():
 
     m = Surrogate(n_fields=30 + 16, backbone_kwargs={"width": 8, "modes": 3, "layers": 1}, n_coarse=16)
     m.target_norm.set(np.linspace(-1, 1, 16), np.linspace(1, 3, 16))
-    torch.nn.init.zeros_(m.head[-1].weight)
-    torch.nn.init.zeros_(m.head[-1].bias)
-    fields = torch.randn(2, 46, 8, 8)
+    fields = torch.randn(2, 46, 8, 8)  # the last layer starts at zero: untrained, it adds nothing
     out = m(fields, torch.zeros(2, features.N_CONDITION), torch.zeros(2, 12, 8, 8))
     torch.testing.assert_close(m.physical(out["values"]), fields[:, -16:], rtol=1e-5, atol=1e-5)
     with pytest.raises(ConfigError):
@@ -237,3 +235,17 @@ def test_couple_correct_refuses_bad_input(pair, run_cli, tmp_path):
     r = run_cli("couple", "correct", "--model", pair / "model", "--microstructure", odd, "--load", "tension 0.3%",
                 "--out", tmp_path / "y")
     assert_one_line_error(r, "does not divide")
+
+
+def test_the_coarse_map_channels_flag_voxels_the_coarse_grid_gives_to_another_grain():
+    from solver.rotations import euler_to_matrix
+    from surrogate import features
+    from surrogate.correction import coarse_map_channels
+
+    gid = np.array([[0, 0, 1, 2], [0, 1, 2, 1], [2, 2, 3, 3], [2, 2, 3, 1]])
+    euler = np.array([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6], [0.7, 0.8, 0.9], [1.0, 1.1, 1.2]])
+    fine = _map(gid, euler)
+    fields = np.moveaxis(features.cubic_orientation_tensor(euler_to_matrix(fine.euler[0])), -1, 0)
+    ch = coarse_map_channels(fields.astype(np.float32), coarsen(fine, 2).euler[0], 2)
+    majority = np.array([[0, 1], [2, 3]]).repeat(2, 0).repeat(2, 1)
+    assert np.all(ch[-1][gid == majority] < 1e-10) and np.all(ch[-1][gid != majority] > 1e-4)
