@@ -5,8 +5,8 @@ default campaign:
 
 1. Errors against the fine (32 x 32) solve of: the corrected 4x coarser solve;
    the plain 4x and 2x coarser solves brought to the fine grid by nearest
-   (what the coarse solve says per voxel) and bilinear (periodic, cell-centred)
-   upsampling. Stress nMAE per component, von Mises MAPE, misorientation,
+   (what the coarse solve says per voxel), bilinear (periodic, cell-centred)
+   and grain-aware (joint bilateral on the fine orientation map) upsampling. Stress nMAE per component, von Mises MAPE, misorientation,
    mean-stress error, grain boundary vs interior.
 2. Wall time on this machine, same samples, serial: the fine solve, the 2x and
    4x coarser solves (each as the campaign's config says), and the correction's
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from surrogate.correction import coarse_baseline, done_in_both
+    from surrogate.correction import UPSAMPLING, coarse_baseline, done_in_both
     from surrogate.evaluate import evaluate_split, timing
     from surrogate.uncertainty import load_model
 
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         rows = {"corrected_4x": evaluate_split(ens, args.fine, samples, coarse=args.coarse4)[0]}
         for k, path in (("4", args.coarse4), ("2", args.coarse2)):
-            for up in ("nearest", "bilinear"):
+            for up in UPSAMPLING:
                 rows[f"plain_{k}x_{up}"] = evaluate_split(None, args.fine, samples, coarse=path, upsampling=up,
                                                           predictor=coarse_baseline, tolerance=tol)[0]
         report["splits"][split] = {"samples": len(samples),
@@ -118,11 +118,11 @@ def main(argv=None) -> int:
                        "all_solve_seconds": times, "correction_timing": inference}
     t = report["splits"].get("test")
     if t:
+        best_2x = {key: min(t[f"plain_2x_{up}"][key] for up in UPSAMPLING)
+                   for key in ("von_mises_mape", "stress_nmae_mean")}
         report["goal_met"] = {
-            "von_mises_mape_not_above_plain_2x": t["corrected_4x"]["von_mises_mape"]
-            <= min(t["plain_2x_nearest"]["von_mises_mape"], t["plain_2x_bilinear"]["von_mises_mape"]),
-            "stress_nmae_not_above_plain_2x": t["corrected_4x"]["stress_nmae_mean"]
-            <= min(t["plain_2x_nearest"]["stress_nmae_mean"], t["plain_2x_bilinear"]["stress_nmae_mean"]),
+            "von_mises_mape_not_above_plain_2x": t["corrected_4x"]["von_mises_mape"] <= best_2x["von_mises_mape"],
+            "stress_nmae_not_above_plain_2x": t["corrected_4x"]["stress_nmae_mean"] <= best_2x["stress_nmae_mean"],
             "at_least_10x_faster": report["speed"]["speedup_over_fine"]["corrected_4x"] >= 10.0}
     print(f"speed per sample: fine {fine_s:.1f} s, 2x coarser {c2_s:.2f} s, 4x coarser {c4_s:.2f} s + correction "
           f"{corr_s:.3f} s = {report['speed']['speedup_over_fine']['corrected_4x']:.1f}x faster than fine")

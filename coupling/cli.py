@@ -111,8 +111,8 @@ def cmd_train(args) -> int:
         if args.store or args.coarse or args.forecast or args.resume:
             raise ConfigError("--learned-update trains on the physics kernel's own updates: --store, --coarse, "
                               "--forecast and --resume do not apply")
-        train_learned_update(args.learned_update, args.out, epochs=args.epochs or 60, seed=args.seed or 0,
-                             quiet=args.quiet)
+        train_learned_update(args.learned_update, args.out, epochs=args.epochs or 40, seed=args.seed or 0,
+                             samples=args.samples or 80000, quiet=args.quiet)
         return 0
     if not args.store:
         from solver.errors import ConfigError
@@ -246,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="training YAML (see docs/surrogate.md); CLI flags override it")
     t.add_argument("--model", help="backbone: fno or unet")
     t.add_argument("--epochs", type=int)
+    t.add_argument("--samples", type=int, help="physics updates to learn from (--learned-update; default 80000)")
     t.add_argument("--ensemble", type=int, help="number of independently seeded members")
     t.add_argument("--seed", type=int)
     t.add_argument("--workers", type=int, help="DataLoader workers per process")

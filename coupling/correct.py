@@ -13,8 +13,8 @@
   fields (``corrected.zarr``), PNGs and ``summary.json`` (trust, timings, which
   path answered).
 * ``--verify`` also solves the fine grid and reports the errors of the corrected
-  fields and of the plain coarse solve (nearest and bilinear upsampling)
-  against it, and the speed-up.
+  fields and of the plain coarse solve (nearest, bilinear and grain-aware
+  upsampling) against it, and the speed-up.
 * When the trust score is below ``--trust-threshold``, the fine solve answers,
   and the summary says so.
 
@@ -109,9 +109,10 @@ def run_correct(comm, model: str, microstructure: str, load_text: str, out: str,
         summary["fine_solve_seconds"] = fine_seconds
         summary["speedup"] = fine_seconds / cost
         summary["errors_against_fine_solve"] = metrics
-        c, n, b = metrics["corrected"], metrics["coarse_nearest"], metrics["coarse_bilinear"]
+        c, n, b = metrics["corrected"], metrics["coarse_nearest"], metrics["coarse_grain"]
         say(f"couple correct: against the fine solve, von Mises MAPE corrected {100 * c['von_mises_mape']:.2f} %, "
-            f"plain coarse {100 * n['von_mises_mape']:.2f} % (nearest) / {100 * b['von_mises_mape']:.2f} % (bilinear); "
+            f"plain coarse {100 * n['von_mises_mape']:.2f} % (nearest) / {100 * b['von_mises_mape']:.2f} % "
+            f"(grain-aware upsampling); "
             f"stress nMAE {100 * c['stress_nmae_mean']:.2f} % vs {100 * n['stress_nmae_mean']:.2f} %; fine solve "
             f"{fine_seconds:.1f} s = {summary['speedup']:.1f}x coarse solve + correction")
     out.mkdir(parents=True, exist_ok=True)
@@ -139,20 +140,20 @@ def compare_with_fine(ensemble, fine_store: str, coarse_store: str) -> tuple[dic
 
     Returns:
         (the fine solve's curves and von Mises map, ``{corrected, coarse_nearest,
-        coarse_bilinear}`` metrics of :func:`surrogate.evaluate.evaluate_split`,
+        coarse_bilinear, coarse_grain}`` metrics of :func:`surrogate.evaluate.evaluate_split`,
         the fine solve's wall time).
     """
     import numpy as np
     import zarr
 
-    from surrogate.correction import coarse_baseline
+    from surrogate.correction import UPSAMPLING, coarse_baseline
     from surrogate.evaluate import evaluate_split
 
     group = zarr.open_group(fine_store, mode="r")
     fields = {name: np.asarray(group[name][0]) for name in ("macro_stress", "macro_strain", "von_mises_stress")}
     metrics = {"corrected": evaluate_split(ensemble, fine_store, [0], coarse=coarse_store)[0]}
     tol = float(ensemble.meta["config"]["trust_tolerance"])
-    for up in ("nearest", "bilinear"):
+    for up in UPSAMPLING:
         metrics[f"coarse_{up}"] = evaluate_split(None, fine_store, [0], coarse=coarse_store, upsampling=up,
                                                  predictor=coarse_baseline, tolerance=tol)[0]
     metrics = {k: {key: v[key] for key in _KEYS} for k, v in metrics.items()}

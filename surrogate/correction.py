@@ -5,8 +5,10 @@ A campaign solved on a grid ``k`` times coarser (``slipstream campaign CFG
 the fine store made by the same config: sample ``i`` is the same map (block
 majority grain) under the same load. A correction model is a
 :class:`surrogate.models.Surrogate` whose inputs are the fine map's channels
-(:func:`surrogate.features.sample_inputs`) followed by the coarse solve's 16
-target channels brought to the fine grid by :func:`upsample`, and whose output
+(:func:`surrogate.features.sample_inputs`), the coarse map's, and the coarse
+solve's 16 target channels brought to the fine grid by
+:func:`upsample_grain_aware` (each fine voxel from the nearby coarse voxels of
+its own crystal), and whose output
 adds a learned correction to those upsampled coarse fields (``n_coarse`` in
 :class:`~surrogate.models.Surrogate`): the network learns the difference
 between the coarse and the fine solve, which is small where the grains are
@@ -63,6 +65,56 @@ def upsample(x, factor: int, method: str = "bilinear"):
     return up.numpy() if is_numpy else up
 
 
+def upsample_grain_aware(x: np.ndarray, factor: int, fine_orientation: np.ndarray, coarse_orientation: np.ndarray,
+                         spatial: float = 0.6, contrast: float = 0.02) -> np.ndarray:
+    """Periodic upsampling that takes each fine voxel's values from the nearby coarse voxels of its own crystal.
+
+    A joint bilateral upsampling: the fine value is the mean of the 3 x 3
+    coarse voxels around it, weighted by a Gaussian of the distance between the
+    voxel centres (``spatial`` coarse voxels) times ``exp(-|A_f - A_c|^2 /
+    contrast)``, ``A`` the cubic orientation tensors of the fine voxel and of
+    the coarse voxel. Inside a grain it is a smooth interpolation; where the
+    coarse grid gave a block to a neighbouring grain, the fine voxels of the
+    other grain take the values of the nearest coarse voxels of their own grain
+    (if none is within reach, the spatial weights alone decide).
+
+    Args:
+        x: ``(..., C, cy, cx)`` coarse fields.
+        factor: the grid ratio.
+        fine_orientation: ``(15, ny, nx)``; coarse_orientation: ``(15, cy, cx)``.
+
+    Returns:
+        ``(..., C, ny, nx)`` float32.
+    """
+    cy, cx = x.shape[-2:]
+    ny, nx = cy * factor, cx * factor
+    j, i = np.arange(ny), np.arange(nx)
+    J, I = j // factor, i // factor
+    yc, xc = (j + 0.5) / factor - 0.5, (i + 0.5) / factor - 0.5  # fine centres in coarse index units
+    offsets = [(dj, di) for dj in (-1, 0, 1) for di in (-1, 0, 1)]
+    weights, values = [], []
+    A_f = np.asarray(fine_orientation, dtype=np.float64)
+    A_c = np.asarray(coarse_orientation, dtype=np.float64)
+    for dj, di in offsets:
+        rows, cols = (J + dj) % cy, (I + di) % cx
+        dy = yc - (J + dj)
+        dx = xc - (I + di)
+        w_s = np.exp(-(dy[:, None] ** 2 + dx[None, :] ** 2) / (2 * spatial ** 2))
+        a = A_c[:, rows][:, :, cols]
+        w_o = np.exp(-np.square(A_f - a).sum(0) / contrast)
+        weights.append((w_s, w_s * w_o))
+        values.append(x[..., rows, :][..., cols])
+    plain = sum(w for w, _ in weights)
+    joint = sum(w for _, w in weights)
+    # where no neighbour shares the crystal, fall back on the spatial weights alone
+    use_joint = joint > 1e-3 * plain
+    out = 0.0
+    for (w_s, w_j), v in zip(weights, values):
+        w = np.where(use_joint, w_j / np.maximum(joint, 1e-300), w_s / plain)
+        out = out + w * v
+    return np.asarray(out, dtype=np.float32)
+
+
 def restrict(x, factor: int):
     """Block means of fine fields ``(..., ny, nx)`` over ``factor x factor`` blocks (the inverse of nearest)."""
     if factor == 1:
@@ -102,11 +154,11 @@ class CorrectionDataset(CampaignDataset):
     Args:
         path: the fine store; coarse: its coarse partner (:func:`coarsening_factor`).
         samples: sample indices done in both stores.
-        upsampling: ``"bilinear"`` (what correction models see) or ``"nearest"``.
+        upsampling: ``"grain"`` (what correction models see), ``"bilinear"`` or ``"nearest"``.
     """
 
     def __init__(self, path: str | Path, coarse: str | Path, samples, steps=None, cache_samples: int = 512,
-                 upsampling: str = "bilinear"):
+                 upsampling: str = "grain"):
         super().__init__(path, samples, steps, cache_samples)
         self.upsampling = upsampling
         self.coarse_path = str(coarse)
@@ -147,7 +199,7 @@ def done_in_both(samples: list[int], coarse: str | Path) -> list[int]:
 
 def correction_meta(dataset: CorrectionDataset) -> dict[str, Any]:
     """What ``model.json`` records about the coarse partner of a correction model."""
-    return {"factor": dataset.factor, "store": dataset.coarse_info.signature(), "upsampling": "bilinear"}
+    return {"factor": dataset.factor, "store": dataset.coarse_info.signature(), "upsampling": dataset.upsampling}
 
 
 #: Channels that describe the coarse map on the fine grid: its orientation tensor, and the mismatch.
@@ -167,12 +219,25 @@ def coarse_map_channels(fine_fields: np.ndarray, coarse_euler: np.ndarray, facto
     return np.concatenate([coarse, mismatch]).astype(np.float32)
 
 
+UPSAMPLING = ("nearest", "bilinear", "grain")
+
+
 def fine_inputs(fine_fields: np.ndarray, coarse_values: np.ndarray, factor: int, coarse_euler: np.ndarray,
-                upsampling: str = "bilinear") -> np.ndarray:
+                upsampling: str = "grain") -> np.ndarray:
     """Model inputs ``(n_steps, Cf + N_COARSE_MAP + 16, ny, nx)``: the fine map's channels, the coarse
     map's (:func:`coarse_map_channels`), and the coarse solve's targets ``(n_steps, 16, cy, cx)``
-    upsampled (last: the correction adds to them)."""
-    up = upsample(np.asarray(coarse_values, dtype=np.float32), factor, upsampling)
+    upsampled (last: the correction adds to them) by ``upsampling``: ``nearest``, ``bilinear`` or
+    ``grain`` (:func:`upsample_grain_aware`)."""
+    coarse_values = np.asarray(coarse_values, dtype=np.float32)
+    if upsampling == "grain":
+        from solver.rotations import euler_to_matrix
+
+        A_c = np.moveaxis(features.cubic_orientation_tensor(euler_to_matrix(coarse_euler)), -1, 0)
+        up = upsample_grain_aware(coarse_values, factor, fine_fields[: features.N_ORIENTATION], A_c)
+    elif upsampling in UPSAMPLING:
+        up = upsample(coarse_values, factor, upsampling)
+    else:
+        raise ValueError(f"unknown upsampling {upsampling!r}; known: {', '.join(UPSAMPLING)}")
     static = np.concatenate([fine_fields, coarse_map_channels(fine_fields, coarse_euler, factor)])
     return np.concatenate([np.broadcast_to(static, (up.shape[0],) + static.shape), up], axis=1)
 

@@ -188,7 +188,7 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
 
 
 def evaluate_split(ensemble: Ensemble | None, store: str, samples: list[int], batch_size: int = 32,
-                   keep: int = 0, *, coarse: str | None = None, upsampling: str = "bilinear",
+                   keep: int = 0, *, coarse: str | None = None, upsampling: str = "grain",
                    predictor=None, tolerance: float | None = None) -> tuple[dict[str, Any], list[dict]]:
     """Metrics of ``ensemble`` on ``samples`` of ``store``; also up to ``keep`` samples' last-step maps.
 
@@ -267,13 +267,13 @@ def evaluate(model_dir: str | Path, store: str | Path, out: str | Path, *, split
             model's own test/held_out/validation splits when the store is the one
             it was trained on, else ``all`` (every finished sample).
         coarse: the coarse partner of ``store``, required for a low-resolution
-            correction model; the plain coarse solve (nearest and bilinear
-            upsampling) is then evaluated beside the correction.
+            correction model; the plain coarse solve (nearest, bilinear and
+            grain-aware upsampling) is then evaluated beside the correction.
 
     Raises:
         ModelError, StoreError, ConfigError: bad model, a store it does not fit, unknown split.
     """
-    from .correction import coarsening_factor, coarse_baseline, done_in_both, is_correction
+    from .correction import UPSAMPLING, coarsening_factor, coarse_baseline, done_in_both, is_correction
 
     ensemble = load_model(model_dir)
     info = store_info(store)
@@ -320,7 +320,7 @@ def evaluate(model_dir: str | Path, store: str | Path, out: str | Path, *, split
             metrics["baselines"] = {
                 f"coarse_{up}": evaluate_split(None, str(store), samples, coarse=coarse, upsampling=up,
                                                predictor=coarse_baseline, tolerance=tol)[0]
-                for up in ("nearest", "bilinear")}
+                for up in UPSAMPLING}
         report["splits"][name] = metrics
         maps[name] = kept
         say(f"evaluate [{name}] {metrics['samples']} samples: stress nMAE {100 * metrics['stress_nmae_mean']:.2f} %, "

@@ -8,7 +8,7 @@ evaluation; everything around it is kept as physics, so the update has the same
 structure and the same interface (NumPy in, NumPy out, all points at once)::
 
     Fe_tr = F Fp_n^-1,  Ce_tr = Fe_tr^T Fe_tr,  S_tr = C : (Ce_tr - I)/2,  tau_tr_a = (Ce_tr S_tr) : P_a
-    dgamma_a = sgn(tau_tr_a) (xi_n_a / C44) y_a,   y = net(|tau_tr| / xi_n, log10(dt gdot0))     (learned)
+    dgamma_a = sgn(tau_tr_a) (xi_n_a / C44) s_a y_a,   y = net(|tau_tr| / xi_n, log10(dt gdot0))  (learned)
     Fp^-1 = Fp_n^-1 (I - sum_a dgamma_a P_a),  Fe = F Fp^-1,  P = Fe (C : Ee) Fp^-T           (kinematics)
     xi_a  = xi_n_a + h0 |1 - xi_n_a/xi_inf|^a sgn(.) sum_b h_ab |dgamma_b|                   (hardening, explicit)
 
@@ -16,7 +16,9 @@ structure and the same interface (NumPy in, NumPy out, all points at once)::
 which the system's resistance is reached: beyond yield the backward-Euler slip
 is fixed by the strain increment, not by the stiff power law (``n = 20``), so
 this variable is well conditioned, and an error in ``y`` is a stress error in
-units of ``xi``. Far below yield ``y = 0`` (the elastic trial). All tensors are lab-frame components of
+units of ``xi``. ``s_a = q^n / (q^n + 0.8^n)``, ``q = |tau_tr_a| / xi_n_a``, switches
+slip on with the power law's own exponent: far below yield (``q < 1/2``) the
+update is the elastic trial, exactly; near and beyond yield it is 1. All tensors are lab-frame components of
 the lab-aligned intermediate configuration (``P_a = g0^T (m_a (x) n_a) g0``);
 ``Fp`` is stored rescaled to ``det Fp = 1`` as the physics kernel does. The
 tangent ``dP/dF`` comes from autograd (``torch.func.jacfwd`` under ``vmap``),
@@ -56,6 +58,10 @@ from solver.errors import ConfigError, ModelError
 from . import checkpoint
 
 FORMAT = "slipstream.learned_update/1"
+
+#: Where the switch-on of slip is centred, in units of the slip resistance: 1 at and beyond yield (the network
+#: alone decides there, smoothly), below 1e-4 under half of it, so that the update is the elastic trial there.
+ONSET = 0.8
 
 
 class ReturnMapNet(nn.Module):
@@ -115,7 +121,8 @@ def _update_points(net: ReturnMapNet, phys: _Physics, F, Fp_inv_n, xi_n, C, P, d
     step = dt * phys.gdot0
     ratio = tau_tr.abs() / xi_n
     log_step = torch.full(ratio.shape[:-1] + (1,), math.log10(step), dtype=ratio.dtype)
-    dgamma = torch.sign(tau_tr) * (xi_n / phys.G) * net(ratio, log_step)
+    onset = torch.sigmoid(phys.n * torch.log(ratio.clamp_min(1e-30) / ONSET))
+    dgamma = torch.sign(tau_tr) * (xi_n / phys.G) * onset * net(ratio, log_step)
     Fp_inv = Fp_inv_n @ (eye - torch.einsum("...a,...aij->...ij", dgamma, P))
     Fe = F @ Fp_inv
     S = torch.einsum("...ijkl,...kl->...ij", C, 0.5 * (_sym_ce(Fe) - eye))
@@ -219,14 +226,14 @@ def generate_updates(material, n: int, rng: np.random.Generator, chunk: int = 20
     """Physics-kernel updates of random trial states in the crystal frame (``g0 = I``, ``Fp_n = I``).
 
     Returns:
-        ``ratio`` ``|tau_tr| / xi_n`` and ``y`` (the target: ``|dgamma| C44 / xi_n``), ``(n, ns)``;
+        ``ratio`` ``|tau_tr| / xi_n``, ``onset`` and ``y`` (the target: ``|dgamma| C44 / (xi_n onset)``), ``(n, ns)``;
         ``log_step`` ``(n, 1)``; ``F``, ``xi_n``, ``dt`` and the physics stress ``P`` for checks.
     """
     from solver.constitutive import CrystalPlasticity
 
     phys = _Physics(material)
     ns = material.n_slip
-    out: dict[str, list] = {k: [] for k in ("ratio", "y", "log_step", "F", "xi_n", "dt", "P")}
+    out: dict[str, list] = {k: [] for k in ("ratio", "y", "onset", "log_step", "F", "xi_n", "dt", "P")}
     eye = torch.eye(3, dtype=torch.float64)
     done = 0
     while done < n:
@@ -260,7 +267,9 @@ def generate_updates(material, n: int, rng: np.random.Generator, chunk: int = 20
         ratio = np.abs(tau) / xi_n[ok]
         step = dt * phys.gdot0
         out["ratio"].append(ratio)
-        out["y"].append(np.abs(res.state["slip"][ok]) * phys.G / xi_n[ok])
+        onset = 1.0 / (1.0 + np.exp(-phys.n * np.log(np.maximum(ratio, 1e-30) / ONSET)))
+        out["y"].append(np.abs(res.state["slip"][ok]) * phys.G / xi_n[ok] / np.maximum(onset, 1e-3))
+        out["onset"].append(onset)
         out["log_step"].append(np.full((ok.sum(), 1), math.log10(step)))
         out["F"].append(F[ok])
         out["xi_n"].append(xi_n[ok])
@@ -279,7 +288,7 @@ def _random_rotations(rng, m):
                      np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1)], 1)
 
 
-def train_learned_update(material_name: str, out: str | Path, *, samples: int = 60000, epochs: int = 60,
+def train_learned_update(material_name: str, out: str | Path, *, samples: int = 80000, epochs: int = 40,
                          hidden: int = 128, layers: int = 3, seed: int = 0, quiet: bool = False) -> dict[str, Any]:
     """Fit :class:`ReturnMapNet` to physics-kernel updates of ``material_name``; writes ``out/``.
 
@@ -305,6 +314,7 @@ def train_learned_update(material_name: str, out: str | Path, *, samples: int = 
     x = torch.from_numpy(data["ratio"]).float()
     s = torch.from_numpy(data["log_step"]).float()
     y = torch.from_numpy(data["y"]).float()
+    w = torch.from_numpy(data["onset"]).float()  # the error that reaches the stress is onset x (y - y_true)
     say(f"learned update: {n} physics updates of {material.name} in {time.perf_counter() - t0:.0f} s; training")
     net = ReturnMapNet(material.n_slip, hidden, layers)
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-5)
@@ -317,13 +327,13 @@ def train_learned_update(material_name: str, out: str | Path, *, samples: int = 
             idx = perm[k:k + batch]
             for g in opt.param_groups:
                 g["lr"] = 2e-3 * 0.5 * (1 + math.cos(math.pi * it / total))
-            loss = (net(x[idx], s[idx]) - y[idx]).square().mean()  # a stress error in units of xi
+            loss = (w[idx] * (net(x[idx], s[idx]) - y[idx])).square().mean()  # a stress error in units of xi
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             it += 1
         with torch.no_grad():
-            val = float((net(x[:n_val], s[:n_val]) - y[:n_val]).square().mean().sqrt())
+            val = float((w[:n_val] * (net(x[:n_val], s[:n_val]) - y[:n_val])).square().mean().sqrt())
         history.append({"epoch": epoch + 1, "validation_rmse_y": val})
         if (epoch + 1) % 10 == 0 or epoch + 1 == epochs:
             say(f"learned update epoch {epoch + 1}/{epochs}: validation RMSE of y {val:.2e} (slip in units of xi/C44)")

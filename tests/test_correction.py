@@ -169,7 +169,7 @@ def test_a_single_crystal_needs_no_correction(pair, tmp_path):
     fine = _solve(MPI.COMM_SELF, ms, load, 2, tmp_path / "fine", mat, True)
     coarse = _solve(MPI.COMM_SELF, ms, load, 2, tmp_path / "coarse", mat, True, coarsen=2)
     _, metrics, _ = compare_with_fine(ens, fine["store"], coarse["store"])
-    for base in ("coarse_nearest", "coarse_bilinear"):
+    for base in ("coarse_nearest", "coarse_bilinear", "coarse_grain"):
         assert metrics[base]["von_mises_mape"] < 1e-5 and metrics[base]["stress_nmae_mean"] < 1e-5
 
 
@@ -179,7 +179,7 @@ def test_evaluate_reports_the_correction_beside_the_plain_coarse_solve(pair, run
                 "--out", tmp_path / "ev", "--split", "all", "--no-plots")
     assert r.returncode == 0, r.stderr
     rep = json.loads((tmp_path / "ev" / "evaluation.json").read_text())["splits"]["all"]
-    assert set(rep["baselines"]) == {"coarse_nearest", "coarse_bilinear"}
+    assert set(rep["baselines"]) == {"coarse_nearest", "coarse_bilinear", "coarse_grain"}
     assert rep["samples"] == rep["baselines"]["coarse_nearest"]["samples"] == TINY["samples"]
     r = run_cli("evaluate", "--model", pair / "model", "--store", pair / "fine.zarr", "--out", tmp_path / "ev2")
     assert_one_line_error(r, "coarse partner")
@@ -203,7 +203,7 @@ def test_couple_correct_serial_and_on_two_ranks(pair, run_cli, tmp_path):
     assert r2.stdout.count("couple correct: answer from") == 1  # rank 0 prints
     s = json.loads((tmp_path / "serial" / "summary.json").read_text())
     assert s["answer_from"] == "corrected coarse solve" and s["factor"] == 2 and 0 <= s["trust"] <= 1
-    assert set(s["errors_against_fine_solve"]) == {"corrected", "coarse_nearest", "coarse_bilinear"}
+    assert set(s["errors_against_fine_solve"]) == {"corrected", "coarse_nearest", "coarse_bilinear", "coarse_grain"}
     assert s["speedup"] > 0 and s["fine_solve_seconds"] > 0
     for name in ("ipf_initial.png", "ipf_final.png", "von_mises_stress.png", "stress_strain.png",
                  "von_mises_error.png", "pole_figures_final.png"):
@@ -249,3 +249,24 @@ def test_the_coarse_map_channels_flag_voxels_the_coarse_grid_gives_to_another_gr
     ch = coarse_map_channels(fields.astype(np.float32), coarsen(fine, 2).euler[0], 2)
     majority = np.array([[0, 1], [2, 3]]).repeat(2, 0).repeat(2, 1)
     assert np.all(ch[-1][gid == majority] < 1e-10) and np.all(ch[-1][gid != majority] > 1e-4)
+
+
+def test_grain_aware_upsampling_takes_values_from_the_voxels_own_crystal():
+    from solver.rotations import euler_to_matrix
+    from surrogate import features
+    from surrogate.correction import upsample_grain_aware
+
+    gid = np.array([[0, 0, 1, 2], [0, 1, 2, 1], [2, 2, 3, 3], [2, 2, 3, 1]])
+    euler = np.array([[0.0, 0.0, 0.0], [0.785, 0.0, 0.0], [0.0, 0.785, 0.0], [0.5, 0.9, 1.3]])
+    fine = _map(gid, euler)
+    coarse = coarsen(fine, 2)
+
+    def tensor(ms):
+        return np.moveaxis(features.cubic_orientation_tensor(euler_to_matrix(ms.euler[0])), -1, 0)
+
+    values = np.array([[[1.0, 2.0], [3.0, 4.0]]])  # one value per coarse voxel = per majority grain 0, 1, 2, 3
+    up = upsample_grain_aware(values, 2, tensor(fine), tensor(coarse))[0]
+    # every fine voxel gets its own grain's value: the coarse voxel of grain g carries g + 1
+    np.testing.assert_allclose(up, gid + 1.0, atol=1e-3)
+    np.testing.assert_allclose(upsample_grain_aware(np.full((1, 2, 2), 7.0), 2, tensor(fine), tensor(coarse)), 7.0,
+                               rtol=1e-6)
