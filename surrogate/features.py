@@ -168,7 +168,8 @@ def lattice_rotation(g0: np.ndarray, g: np.ndarray) -> np.ndarray:
         ``(..., 3)`` axis times angle, ``|omega| <= pi``.
     """
     sym = cubic_symmetry_operators()
-    candidates = np.einsum("...ji,kjl,...lm->...kim", g, sym, g0)  # g^T S^T g0 ... (k, 3, 3)
+    # g^T S_k g0 for every symmetry operator k: (..., k, 3, 3), by broadcast matmuls (a 3-operand einsum is slow)
+    candidates = (np.swapaxes(g, -1, -2)[..., None, :, :] @ sym) @ g0[..., None, :, :]
     traces = np.trace(candidates, axis1=-2, axis2=-1)
     best = np.take_along_axis(candidates, traces.argmax(-1)[..., None, None, None], axis=-3)[..., 0, :, :]
     return rotation_vector(best)
