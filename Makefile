@@ -37,6 +37,11 @@ benchmark: setup
 	$(PY) benchmarks/fdm_throughput.py
 	@if [ -d data/default.zarr ]; then $(PY) benchmarks/surrogate_accuracy_speed.py --store data/default.zarr; \
 	else echo "surrogate benchmark skipped: make the default campaign's store data/default.zarr first (README)"; fi
+	$(PY) benchmarks/coupling_learned_update.py
+	@if [ -d data/coarse4.zarr ] && [ -d data/coarse2.zarr ]; then $(PY) benchmarks/coupling_correction.py; \
+	else echo "correction benchmark skipped: make data/coarse4.zarr and data/coarse2.zarr first (docs/coupling.md)"; fi
+	@if [ -d data/elastic.zarr ]; then $(PY) benchmarks/coupling_forecast.py; \
+	else echo "forecast benchmark skipped: make data/elastic.zarr first (docs/coupling.md)"; fi
 
 clean:
 	rm -rf demo_out .pytest_cache

@@ -270,3 +270,14 @@ def test_grain_aware_upsampling_takes_values_from_the_voxels_own_crystal():
     np.testing.assert_allclose(up, gid + 1.0, atol=1e-3)
     np.testing.assert_allclose(upsample_grain_aware(np.full((1, 2, 2), 7.0), 2, tensor(fine), tensor(coarse)), 7.0,
                                rtol=1e-6)
+
+
+@pytest.mark.skip_in_parallel
+def test_a_load_far_outside_training_falls_back_to_the_fine_solve(pair, run_cli, tmp_path):
+    # ten times the largest trained strain: the domain factor is 0, the trust too, and the fine grid is solved
+    r = run_cli("couple", "correct", "--model", pair / "model", "--microstructure", f"{pair / 'fine.zarr'}:2",
+                "--load", "tension 4% [1,0,0]", "--steps", "2", "--quiet", "--out", tmp_path / "f")
+    assert r.returncode == 0, r.stderr
+    s = json.loads((tmp_path / "f" / "summary.json").read_text())
+    assert s["trust"] == 0.0 and s["domain_factor"] == 0.0 and "beyond" in s["domain_reason"]
+    assert s["answer_from"] == "fine solve (fallback)" and (tmp_path / "f" / "fine" / "results.zarr").is_dir()
