@@ -274,9 +274,16 @@ def test_grain_aware_upsampling_takes_values_from_the_voxels_own_crystal():
 
 @pytest.mark.skip_in_parallel
 def test_a_load_far_outside_training_falls_back_to_the_fine_solve(pair, run_cli, tmp_path):
-    # ten times the largest trained strain: the domain factor is 0, the trust too, and the fine grid is solved
+    # ten times the largest trained strain, in a trained mode: the domain factor is 0, the trust too, and the
+    # fine grid is solved
+    import zarr
+
+    from solver.loading import MODES
+
+    g = zarr.open_group(str(pair / "fine.zarr"), mode="r")
+    mode = MODES[int(g["load_mode"][json.loads((pair / "model" / "model.json").read_text())["splits"]["train"][0]])]
     r = run_cli("couple", "correct", "--model", pair / "model", "--microstructure", f"{pair / 'fine.zarr'}:2",
-                "--load", "tension 4% [1,0,0]", "--steps", "2", "--quiet", "--out", tmp_path / "f")
+                "--load", f"{mode} 4% [1,0,0]", "--steps", "2", "--quiet", "--out", tmp_path / "f")
     assert r.returncode == 0, r.stderr
     s = json.loads((tmp_path / "f" / "summary.json").read_text())
     assert s["trust"] == 0.0 and s["domain_factor"] == 0.0 and "beyond" in s["domain_reason"]
