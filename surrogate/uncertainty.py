@@ -107,6 +107,8 @@ class Ensemble:
         cal = self.meta.get("calibration")
         if not cal:
             raise ModelError("this model has no calibration (model.json lacks 'calibration'); retrain or recalibrate")
+        if cal.get("constant_trust") is not None:  # the members' spread carried no information (calibrate)
+            return torch.full_like(pred["von_mises"], float(cal["constant_trust"]))
         return trust_score(pred["von_mises"], pred["von_mises_spread"], cal.get("trust_scale", cal["scale"]["von_mises"]),
                            float(self.meta["config"]["trust_tolerance"]))
 
@@ -263,16 +265,26 @@ def calibrate(ensemble: Ensemble, loader, tolerance: float) -> dict[str, Any]:
              for c in candidates]
     trust_scale = float(candidates[int(np.argmin(brier))])
     trust = torch.erf(tau / (math.sqrt(2.0) * (trust_scale * spread).clamp_min(1e-30)))
+    # members that agree whatever the error (e.g. corrections that all stay near their common input) carry no
+    # information: then the validation hit rate, a constant, is the better-calibrated trust, and is used
+    base = float(hit.mean())
+    constant = float(min(brier)) > base * (1.0 - base)
+    if constant:
+        trust = torch.full_like(hit, base)
     table, ece = reliability(trust.numpy(), hit.numpy())
-    return {"scale": scale, "coverage": coverage, "trust_scale": trust_scale, "brier_score": float(min(brier)),
+    return {"scale": scale, "coverage": coverage, "trust_scale": trust_scale,
+            "brier_score": base * (1.0 - base) if constant else float(min(brier)),
+            "constant_trust": base if constant else None,
             "reliability": table, "expected_calibration_error": ece, "n_voxels": int(hit.numel()),
             "tolerance": tolerance}
 
 
-def recalibrate(model_dir: str | Path, store: str | Path, batch_size: int = 32) -> dict[str, Any]:
+def recalibrate(model_dir: str | Path, store: str | Path, batch_size: int = 32,
+                coarse: str | Path | None = None) -> dict[str, Any]:
     """Calibrate a trained model again on its validation split (after a change of the calibration method).
 
-    Writes the new ``calibration`` into ``model_dir/model.json`` and returns it.
+    ``coarse``: the coarse partner store of a low-resolution correction. Writes the new
+    ``calibration`` into ``model_dir/model.json`` and returns it.
     """
     from torch.utils.data import DataLoader
 
@@ -284,8 +296,14 @@ def recalibrate(model_dir: str | Path, store: str | Path, batch_size: int = 32) 
     check_fits(ensemble.meta["store"], info)
     if ensemble.meta["store"]["fingerprint"] != info.fingerprint:
         raise ModelError(f"{store}: not the store {model_dir} was trained on; its validation split lives there")
-    loader = DataLoader(CampaignDataset(store, ensemble.meta["splits"]["validation"]), batch_size=batch_size,
-                        collate_fn=collate)
+    samples = ensemble.meta["splits"]["validation"]
+    if coarse is not None:
+        from .correction import CorrectionDataset
+
+        dataset = CorrectionDataset(store, coarse, samples, upsampling=ensemble.meta["coarse"]["upsampling"])
+    else:
+        dataset = CampaignDataset(store, samples)
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
     cal = calibrate(ensemble, loader, float(ensemble.meta["config"]["trust_tolerance"]))
     meta = dict(ensemble.meta, calibration=cal)
     (Path(model_dir) / "model.json").write_text(json.dumps(meta, indent=1))

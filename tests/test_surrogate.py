@@ -310,6 +310,38 @@ def test_calibration_recovers_a_known_spread_factor():
     assert cal["expected_calibration_error"] < 0.02
 
 
+class _AgreeingEnsemble(_GaussianEnsemble):
+    """A spread unrelated to the error (members that agree, or disagree, whatever their error)."""
+
+    def predict(self, fields, condition, schmid):
+        out = super().predict(fields, condition, schmid)
+        g = torch.Generator().manual_seed(7)
+        noise = 1e-9 * (1.0 + torch.rand(out["von_mises_spread"].shape, generator=g, dtype=torch.float64))
+        return {**out, "von_mises_spread": noise}
+
+
+def test_a_spread_that_says_nothing_gives_the_validation_hit_rate_as_trust():
+    from surrogate.uncertainty import Ensemble, calibrate
+
+    torch.manual_seed(0)
+    batches = []
+    for _ in range(4):
+        t = torch.randn(4, 16, 16, 16, dtype=torch.float64) * 5.0
+        t[:, 0] += 1000.0
+        batches.append({"fields": t, "condition": None, "schmid": None, "target": t})
+    cal = calibrate(_AgreeingEnsemble(), batches, tolerance=0.05)
+    rate = cal["constant_trust"]
+    assert rate is not None and 0.1 < rate < 0.99
+    assert cal["expected_calibration_error"] < 1e-9  # a constant equal to the observed rate is calibrated
+    assert cal["brier_score"] == pytest.approx(rate * (1 - rate))
+    ens = Ensemble.__new__(Ensemble)
+    ens.meta = {"calibration": cal, "config": {"trust_tolerance": 0.05}}
+    trust = ens.trust({"von_mises": torch.ones(2, 3, 3), "von_mises_spread": torch.zeros(2, 3, 3)})
+    assert torch.allclose(trust, torch.full((2, 3, 3), rate))
+    # an informative spread keeps the spread-based trust
+    assert calibrate(_GaussianEnsemble(), batches, tolerance=0.05)["constant_trust"] is None
+
+
 def test_checkpoints_are_plain_and_checked(trained, tmp_path):
     ckpt = torch.load(trained / "member_0.pt", weights_only=True)  # plain types only
     assert ckpt["format"] == checkpoint.FORMAT and ckpt["model"]["kwargs"]["backbone"] == "fno"
