@@ -66,3 +66,28 @@ def load(path: str | Path) -> dict[str, Any]:
         if key not in ckpt:
             raise ModelError(f"{path}: checkpoint lacks '{key}'")
     return ckpt
+
+
+def read_model_json(model_dir: str | Path, fmt: str, what: str) -> dict[str, Any]:
+    """The ``model.json`` of a model directory, checked to be of format ``fmt``.
+
+    Args:
+        what: the kind of model, for the message (``a surrogate``, ``a forecast``...).
+
+    Raises:
+        ModelError: no such directory or file, unreadable JSON, another format.
+    """
+    import json
+
+    model_dir = Path(model_dir)
+    meta_path = model_dir / "model.json"
+    if not meta_path.is_file():
+        raise ModelError(f"{model_dir}: not a trained model directory (no model.json)")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{meta_path}: unreadable ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise ModelError(f"{model_dir}: a {found!r} model, not {what} ({fmt!r})")
+    return meta

@@ -343,15 +343,7 @@ def load_forecaster(model_dir: str | Path) -> tuple[Forecaster, dict]:
         ModelError: not a forecast directory, another format, weights that do not fit.
     """
     model_dir = Path(model_dir)
-    meta_path = model_dir / "model.json"
-    if not meta_path.is_file():
-        raise ModelError(f"{model_dir}: not a trained model directory (no model.json)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{meta_path}: unreadable ({exc})") from None
-    if meta.get("format") != FORMAT:
-        raise ModelError(f"{model_dir}: a {meta.get('format')!r} model, not a forecast ({FORMAT!r})")
+    meta = checkpoint.read_model_json(model_dir, FORMAT, "a forecast")
     ckpt = checkpoint.load(model_dir / "forecast.pt")
     model = build_forecaster(ckpt["model"]["kwargs"])
     try:

@@ -357,15 +357,7 @@ def load_learned_update(model_dir) -> tuple[ReturnMapNet, dict]:
         ModelError: missing, of another format, or weights that do not fit.
     """
     model_dir = Path(model_dir)
-    meta_path = model_dir / "model.json"
-    if not meta_path.is_file():
-        raise ModelError(f"{model_dir}: not a trained model directory (no model.json)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{meta_path}: unreadable ({exc})") from None
-    if meta.get("format") != FORMAT:
-        raise ModelError(f"{model_dir}: a {meta.get('format')!r} model, not a learned constitutive update")
+    meta = checkpoint.read_model_json(model_dir, FORMAT, "a learned constitutive update")
     ckpt = checkpoint.load(model_dir / "learned_update.pt")
     net = ReturnMapNet(**ckpt["model"]["kwargs"])
     try:

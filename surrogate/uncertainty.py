@@ -186,15 +186,7 @@ def load_model(model_dir: str | Path) -> Ensemble:
         ModelError: missing directory or files, unreadable checkpoints, members that disagree.
     """
     model_dir = Path(model_dir)
-    meta_path = model_dir / "model.json"
-    if not meta_path.is_file():
-        raise ModelError(f"{model_dir}: not a trained model directory (no model.json)")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{meta_path}: unreadable ({exc})") from None
-    if meta.get("format") != checkpoint.FORMAT:
-        raise ModelError(f"{meta_path}: format {meta.get('format')!r}, expected {checkpoint.FORMAT!r}")
+    meta = checkpoint.read_model_json(model_dir, checkpoint.FORMAT, "a surrogate")
     members = []
     for name in meta.get("members", []):
         ckpt = checkpoint.load(model_dir / name)
