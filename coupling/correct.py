@@ -30,9 +30,9 @@ import pathlib
 import time
 from typing import Any
 
-from solver.errors import ConfigError, ModelError
+from solver.errors import ModelError
 
-from .whatif import _solve, _write_zarr, parse_load, read_map
+from .whatif import _solve, _write_zarr, check_study_options, parse_load, read_map
 
 
 def run_correct(comm, model: str, microstructure: str, load_text: str, out: str, *, verify: bool = False,
@@ -53,10 +53,7 @@ def run_correct(comm, model: str, microstructure: str, load_text: str, out: str,
     from surrogate.predict import predict_map
     from surrogate.uncertainty import load_model
 
-    if not 0.0 <= trust_threshold <= 1.0:
-        raise ConfigError(f"--trust-threshold must be in [0, 1], got {trust_threshold}")
-    if steps < 1:
-        raise ConfigError(f"--steps must be at least 1, got {steps}")
+    check_study_options(steps, trust_threshold)
     load = parse_load(load_text)
     ensemble = load_model(model)
     if not is_correction(ensemble.meta):

@@ -23,9 +23,7 @@ import pathlib
 import time
 from typing import Any
 
-from solver.errors import ConfigError
-
-from .whatif import _solve, _write_zarr, parse_load, read_map
+from .whatif import _solve, _write_zarr, check_study_options, parse_load, read_map
 
 
 def run_forecast(comm, model: str, microstructure: str, load_text: str, out: str, *, steps: int = 10,
@@ -41,8 +39,7 @@ def run_forecast(comm, model: str, microstructure: str, load_text: str, out: str
     from surrogate.forecast import load_forecaster, step_condition
     from surrogate.predict import state_fields
 
-    if steps < 1:
-        raise ConfigError(f"--steps must be at least 1, got {steps}")
+    check_study_options(steps)
     load = parse_load(load_text)
     forecaster, meta = load_forecaster(model)
     ms = read_map(microstructure)

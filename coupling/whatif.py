@@ -66,6 +66,14 @@ def parse_load(text: str) -> dict[str, Any]:
     return {"mode": mode, "strain": strain, "direction": direction}
 
 
+def check_study_options(steps: int, trust_threshold: float | None = None) -> None:
+    """``--steps`` and ``--trust-threshold`` of ``predict``, ``couple correct`` and ``couple forecast``."""
+    if trust_threshold is not None and not 0.0 <= trust_threshold <= 1.0:
+        raise ConfigError(f"--trust-threshold must be in [0, 1], got {trust_threshold}")
+    if steps < 1:
+        raise ConfigError(f"--steps must be at least 1, got {steps}")
+
+
 def read_map(spec: str):
     """The microstructure of ``spec`` (a file or ``store.zarr:INDEX``) as a :class:`solver.microstructure.Microstructure`.
 
@@ -158,10 +166,7 @@ def run_predict(comm, model: str, microstructure: str, load_text: str, out: str,
     from surrogate.predict import predict_map
     from surrogate.uncertainty import load_model
 
-    if not 0.0 <= trust_threshold <= 1.0:
-        raise ConfigError(f"--trust-threshold must be in [0, 1], got {trust_threshold}")
-    if steps < 1:
-        raise ConfigError(f"--steps must be at least 1, got {steps}")
+    check_study_options(steps, trust_threshold)
     load = parse_load(load_text)
     ensemble = load_model(model)
     ms = read_map(microstructure)

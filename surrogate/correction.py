@@ -191,6 +191,14 @@ class CorrectionDataset(CampaignDataset):
         return out
 
 
+def campaign_dataset(store, samples, coarse=None, upsampling: str = "grain", **kwargs) -> CampaignDataset:
+    """The dataset a model reads: :class:`CorrectionDataset` given a coarse partner, else
+    :class:`~surrogate.data.CampaignDataset` (``kwargs``: ``steps``, ``cache_samples``)."""
+    if coarse is None:
+        return CampaignDataset(store, samples, **kwargs)
+    return CorrectionDataset(store, coarse, samples, upsampling=upsampling, **kwargs)
+
+
 def done_in_both(samples: list[int], coarse: str | Path) -> list[int]:
     """The samples of ``samples`` that the coarse partner has done too."""
     status = _store.sample_status(_store.open_store(coarse, "r"))

@@ -39,7 +39,7 @@ from solver.errors import ConfigError, StoreError
 from solver.loading import MODES
 
 from . import features, losses
-from .data import CampaignDataset, make_splits, SplitSpec, store_info, check_fits
+from .data import make_splits, SplitSpec, store_info, check_fits
 from .train import collate
 from .uncertainty import Ensemble, load_model, reliability, von_mises
 
@@ -199,12 +199,9 @@ def evaluate_split(ensemble: Ensemble | None, store: str, samples: list[int], ba
             e.g. :func:`surrogate.correction.coarse_baseline`); ``tolerance`` then
             sets the trust tolerance (default 5 %).
     """
-    if coarse is not None:
-        from .correction import CorrectionDataset
+    from .correction import campaign_dataset
 
-        ds = CorrectionDataset(store, coarse, samples, upsampling=upsampling)
-    else:
-        ds = CampaignDataset(store, samples)
+    ds = campaign_dataset(store, samples, coarse, upsampling)
     # whole samples per batch keep the per-sample records together
     steps = len(ds.steps)
     loader = DataLoader(ds, batch_size=max(1, batch_size // steps) * steps, shuffle=False, collate_fn=collate)
@@ -233,12 +230,9 @@ def evaluate_split(ensemble: Ensemble | None, store: str, samples: list[int], ba
 def timing(ensemble: Ensemble, store: str, samples: list[int], repeats: int = 3,
            coarse: str | None = None) -> dict[str, float]:
     """Seconds per sample (all output steps) of the ensemble: one sample per call, and batched."""
-    if coarse is not None:
-        from .correction import CorrectionDataset
+    from .correction import campaign_dataset
 
-        ds = CorrectionDataset(store, coarse, samples[:8])
-    else:
-        ds = CampaignDataset(store, samples[:8])
+    ds = campaign_dataset(store, samples[:8], coarse)
     steps = len(ds.steps)
     items = [collate([ds[k * steps + j] for j in range(steps)]) for k in range(len(ds.samples))]
     ensemble.predict(items[0]["fields"], items[0]["condition"], items[0]["schmid"])  # warm-up

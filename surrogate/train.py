@@ -36,7 +36,7 @@ from solver.loading import MODES
 
 from . import checkpoint, features, losses
 from .config import train_config
-from .correction import N_COARSE_MAP, CorrectionDataset, coarsening_factor, correction_meta, done_in_both
+from .correction import N_COARSE_MAP, campaign_dataset, coarsening_factor, correction_meta, done_in_both
 from .data import CampaignDataset, check_fits, channel_statistics, make_splits, SplitSpec, store_info
 from .models import Surrogate, build_model
 from .uncertainty import Ensemble, calibrate
@@ -262,8 +262,8 @@ def training_domain(store: str, samples: list[int], dataset: CampaignDataset | N
     strains = group["load_strain"][:][samples]
     dataset = dataset or CampaignDataset(store, samples)
     n_map = features.n_field_channels(dataset.info.n_slip)  # the map's channels (a correction appends more)
-    summaries = np.stack([features.microstructure_summary(dataset.sample_data(i).fields.reshape(
-        -1, *dataset.sample_data(i).fields.shape[-2:])[:n_map]) for i in samples])
+    maps = (dataset.sample_data(i).fields for i in samples)
+    summaries = np.stack([features.microstructure_summary(f.reshape(-1, *f.shape[-2:])[:n_map]) for f in maps])
     return {"modes": sorted({MODES[int(m)] for m in modes}), "strain_min": float(strains.min()),
             "strain_max": float(strains.max()), "microstructure": microstructure_domain(summaries)}
 
@@ -320,12 +320,8 @@ def train(store: str | Path, out: str | Path, config=None, *, resume: bool = Fal
         raise {"ConfigError": ConfigError, "ModelError": ModelError, "StoreError": StoreError}[kind](msg)
     splits = decision["splits"]
     log = (lambda msg: None) if quiet else ctx.say
-    if coarse is None:
-        datasets = {name: CampaignDataset(store, splits[name], cache_samples=cfg["cache_samples"])
-                    for name in ("train", "validation")}
-    else:
-        datasets = {name: CorrectionDataset(store, coarse, splits[name], cache_samples=cfg["cache_samples"])
-                    for name in ("train", "validation")}
+    datasets = {name: campaign_dataset(store, splits[name], coarse, cache_samples=cfg["cache_samples"])
+                for name in ("train", "validation")}
     log(f"train: {info.path}: {len(splits['train'])} training, {len(splits['validation'])} validation, "
         f"{len(splits['test'])} test, {len(splits['held_out'])} held-out samples; "
         f"{cfg['model']} {cfg['model_kwargs']} x {cfg['ensemble']} member(s), {cfg['epochs']} epochs, "

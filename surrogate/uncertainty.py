@@ -280,7 +280,8 @@ def recalibrate(model_dir: str | Path, store: str | Path, batch_size: int = 32,
     """
     from torch.utils.data import DataLoader
 
-    from .data import CampaignDataset, check_fits, store_info
+    from .correction import campaign_dataset
+    from .data import check_fits, store_info
     from .train import collate
 
     ensemble = load_model(model_dir)
@@ -289,12 +290,8 @@ def recalibrate(model_dir: str | Path, store: str | Path, batch_size: int = 32,
     if ensemble.meta["store"]["fingerprint"] != info.fingerprint:
         raise ModelError(f"{store}: not the store {model_dir} was trained on; its validation split lives there")
     samples = ensemble.meta["splits"]["validation"]
-    if coarse is not None:
-        from .correction import CorrectionDataset
-
-        dataset = CorrectionDataset(store, coarse, samples, upsampling=ensemble.meta["coarse"]["upsampling"])
-    else:
-        dataset = CampaignDataset(store, samples)
+    upsampling = ensemble.meta["coarse"]["upsampling"] if coarse is not None else "grain"
+    dataset = campaign_dataset(store, samples, coarse, upsampling)
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate)
     cal = calibrate(ensemble, loader, float(ensemble.meta["config"]["trust_tolerance"]))
     meta = dict(ensemble.meta, calibration=cal)
