@@ -206,9 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--coarsen", type=int, metavar="K",
                    help="solve the same samples on a grid K times coarser (overrides microstructure.coarsen; "
                         "the training partner of a low-resolution correction, docs/coupling.md)")
-    c.add_argument("--constitutive", choices=("crystal_plasticity", "elastic"),
-                   help="overrides solver.constitutive: 'elastic' solves the same samples with the elastic limit "
-                        "alone (the physics of a hybrid forecast, docs/coupling.md)")
+    c.add_argument("--constitutive", choices=("crystal_plasticity", "elastic", "frozen_hardening"),
+                   help="overrides solver.constitutive: 'elastic' (the elastic limit alone) or 'frozen_hardening' "
+                        "(crystal plasticity with h0 = 0) solves the same samples with an incomplete physics: the "
+                        "partner of a hybrid forecast, docs/coupling.md")
     c.add_argument("--quiet", action="store_true", help="no per-sample progress lines")
     c.set_defaults(func=cmd_campaign)
 
@@ -226,8 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="below this trust the fine solve answers (default 0.5)")
     cc.add_argument("--quiet", action="store_true", help="no solver progress lines")
     cc.set_defaults(func=cmd_couple_correct)
-    cf = csub.add_parser("forecast", help="hybrid physics-ML forecast over load increments (elastic physics + "
-                                          "learned residual; serial or mpirun)")
+    cf = csub.add_parser("forecast", help="hybrid physics-ML forecast over load increments (incomplete "
+                                          "physics + learned residual; serial or mpirun)")
     cf.add_argument("--model", required=True, help="forecast model directory (train --forecast)")
     cf.add_argument("--microstructure", required=True, help="map: .ang, .ctf, .npz, or STORE.zarr:INDEX")
     cf.add_argument("--load", required=True, help='"MODE STRAIN [x,y,z]": the strain reached after --steps')
@@ -251,10 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int)
     t.add_argument("--workers", type=int, help="DataLoader workers per process")
     t.add_argument("--forecast", choices=("hybrid", "neural"),
-                   help="train a forecast over load increments: hybrid (elastic physics + learned residual, "
+                   help="train a forecast over load increments: hybrid (incomplete physics + learned residual, "
                         "needs --physics) or neural (the same network alone)")
     t.add_argument("--physics", metavar="STORE",
-                   help="the store's elastic partner (campaign --constitutive elastic), for --forecast hybrid")
+                   help="the store's physics partner (campaign --constitutive elastic or frozen_hardening), "
+                        "for --forecast hybrid")
     t.add_argument("--coarse", metavar="STORE",
                    help="the store's coarse partner (campaign --coarsen K): train a low-resolution correction")
     t.add_argument("--resume", action="store_true", help="continue the run in --out (same config and store)")

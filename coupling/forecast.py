@@ -3,11 +3,11 @@
 ``slipstream couple forecast --model MODEL/ --microstructure FILE --load "tension 1% [1,0,0]" --steps 20 --out DIR``
 
 * MODEL is a forecast (``slipstream train --forecast hybrid --store CP --physics
-  ELASTIC``, :mod:`surrogate.forecast`); FILE and the load string are those of
+  PARTNER``, :mod:`surrogate.forecast`); FILE and the load string are those of
   ``slipstream predict``. The load is applied in ``--steps`` equal increments;
   more steps than the model's training horizon roll the forecast out beyond it.
-* For a hybrid model the incomplete physics (the elastic limit of the material)
-  is solved on the map by the solver (serial or ``mpirun``), then the learned
+* For a hybrid model the incomplete physics it was trained with (the elastic
+  limit of the material, or its crystal plasticity with frozen hardening) is solved on the map by the solver (serial or ``mpirun``), then the learned
   residual is added step by step on rank 0. A ``neural`` model needs no solve.
 * Writes PNGs (IPF maps, von Mises stress and slip maps, stress-strain curve,
   pole figures), ``forecast.zarr`` and ``summary.json``.
@@ -50,9 +50,11 @@ def run_forecast(comm, model: str, microstructure: str, load_text: str, out: str
     say(f"couple forecast: {ms.source or microstructure} ({grain_id.shape[1]} x {grain_id.shape[0]}), {load_text} in "
         f"{steps} steps ({meta['kind']} model, trained over {meta['horizon']} steps)", flush=True)
     physics_run, physics = None, None
+    # models trained before the frozen-hardening physics existed have no physics_constitutive: elastic
+    physics_name = (meta.get("physics_constitutive") or "elastic") if meta["kind"] == "hybrid" else None
     t0 = time.perf_counter()
     if meta["kind"] == "hybrid":
-        physics_run = _solve(comm, ms, load, steps, out / "physics", material, quiet, constitutive="elastic")
+        physics_run = _solve(comm, ms, load, steps, out / "physics", material, quiet, constitutive=physics_name)
     physics_seconds = time.perf_counter() - t0
     truth_run = _solve(comm, ms, load, steps, out / "solver", material, quiet) if verify else None
     if comm.rank != 0:
@@ -77,7 +79,7 @@ def run_forecast(comm, model: str, microstructure: str, load_text: str, out: str
     summary: dict[str, Any] = {
         "model": str(model), "kind": meta["kind"], "microstructure": str(microstructure), "load": load, "steps": steps,
         "training_horizon": meta["horizon"], "beyond_horizon": steps > meta["horizon"],
-        "physics_seconds": physics_seconds if physics_run is not None else 0.0, "rollout_seconds": rollout_seconds,
+        "physics": physics_name, "physics_seconds": physics_seconds if physics_run is not None else 0.0, "rollout_seconds": rollout_seconds,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}
     if meta["kind"] == "hybrid":
         inc = states[0, 1:] - states[0, :-1]
@@ -99,7 +101,7 @@ def run_forecast(comm, model: str, microstructure: str, load_text: str, out: str
         e = summary["verify"]
         say(f"couple forecast: stress error at step {steps} against the solver: forecast "
             f"{100 * e['forecast'][-1]['stress']:.1f} %"
-            + (f", elastic physics alone {100 * e['physics_alone'][-1]['stress']:.1f} %" if physics_run else ""))
+            + (f", {physics_name} physics alone {100 * e['physics_alone'][-1]['stress']:.1f} %" if physics_run else ""))
     out.mkdir(parents=True, exist_ok=True)
     pictures = surrogate_pictures(pred, solver_fields, out, meta["store"]["lattice"], load["direction"],
                                   label=f"{meta['kind']} forecast")
@@ -108,7 +110,7 @@ def run_forecast(comm, model: str, microstructure: str, load_text: str, out: str
     summary["pictures"] = [str(p) for p in pictures]
     summary["fields"] = str(out / "forecast.zarr")
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    say(f"couple forecast: rollout {rollout_seconds:.2f} s" + (f" after the elastic solve ({physics_seconds:.1f} s)"
+    say(f"couple forecast: rollout {rollout_seconds:.2f} s" + (f" after the {physics_name} solve ({physics_seconds:.1f} s)"
                                                                if physics_run else "")
         + f"; pictures, forecast.zarr and summary.json in {out}/")
     return summary

@@ -134,7 +134,7 @@ def _solve(comm, ms, load: dict, steps: int, out: pathlib.Path, material: dict, 
     """Run the solver on the map (periodic cell), into ``out``; returns the summary (rank 0).
 
     ``coarsen``: solve on a grid that many times coarser (the coarse solve of a correction);
-    ``constitutive``: ``elastic`` for the incomplete physics of a hybrid forecast. The map is
+    ``constitutive``: ``elastic`` or ``frozen_hardening`` for the incomplete physics of a hybrid forecast. The map is
     written beside ``out`` (``out/../microstructure.npz``), so that the runs of one study
     (fine, coarse, physics) name the same file and their stores pair up.
     """

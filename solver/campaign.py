@@ -428,9 +428,9 @@ def load_campaign(path, coarsen: int | None = None, constitutive: str | None = N
         path: the YAML file.
         coarsen: overrides ``microstructure.coarsen`` (the same samples, solved
             on a grid this many times coarser: the coarse partner of a store).
-        constitutive: overrides ``solver.constitutive`` (``elastic``: the same
-            samples with the elastic limit alone, the physics partner of a
-            hybrid forecast).
+        constitutive: overrides ``solver.constitutive`` (``elastic`` or
+            ``frozen_hardening``: the same samples with an incomplete physics,
+            the physics partner of a hybrid forecast).
     """
     from .config import load_yaml
 

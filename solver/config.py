@@ -30,9 +30,11 @@ OUTPUT_KEYS = {"every": 1, "paraview": True, "plots": True}
 SOLVER_KEYS = {"stress_tolerance": 1.0, "max_cutbacks": 8, "petsc_options": {}, "constitutive": "crystal_plasticity",
                "learned_model": None}
 #: Constitutive kernels a run may use: the material's crystal plasticity; its elastic limit alone
-#: (:class:`solver.elastic.AnisotropicElasticity`: the "incomplete physics" of hybrid forecasts); or
-#: crystal plasticity with a learned return map (:mod:`surrogate.learned_update`, needs ``learned_model``).
-CONSTITUTIVE = ("crystal_plasticity", "elastic", "learned")
+#: (:class:`solver.elastic.AnisotropicElasticity`); its crystal plasticity with the hardening frozen
+#: (``h_0 = 0``: the slip resistance stays at ``xi_0``) -- these two are the "incomplete physics" of hybrid
+#: forecasts; or crystal plasticity with a learned return map (:mod:`surrogate.learned_update`, needs
+#: ``learned_model``).
+CONSTITUTIVE = ("crystal_plasticity", "elastic", "frozen_hardening", "learned")
 BOUNDARIES = ("periodic", "specimen")
 GRIPS = ("clamped", "frictionless")
 

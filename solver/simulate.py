@@ -10,6 +10,7 @@ and after, von Mises stress and accumulated slip maps).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import shutil
@@ -68,6 +69,9 @@ def make_solver(comm, setup: SimulationSetup):
         def kernel(g):
             return AnisotropicElasticity(stiffness, g, n_slip=material.n_slip)
     else:
+        if setup.solver.get("constitutive") == "frozen_hardening":
+            material = dataclasses.replace(material, hardening_modulus=0.0)
+
         def kernel(g):
             return CrystalPlasticity(material, g)
     return CrystalPlasticitySolver(

@@ -8,11 +8,20 @@ strain, lattice rotation, accumulated slip; :func:`surrogate.features.step_targe
     x_{n+1} = x_n + G_theta(x_n, map, load)                              (neural)
 
 ``dx_phys(n)`` is the increment of the *incomplete physics*: the same map and
-load solved with the elastic limit of the material alone
-(:class:`solver.elastic.AnisotropicElasticity`, the *physics partner* store made
-by ``slipstream campaign CFG --constitutive elastic``). It has the grain
-interactions of elasticity and no plasticity, so it overshoots the stress once
-grains yield; ``F_theta`` learns what is missing. The load enters as its mode,
+load solved with one of :data:`PHYSICS` (the *physics partner* store made by
+``slipstream campaign CFG --constitutive elastic|frozen_hardening``):
+
+* ``elastic``: the elastic limit of the material alone
+  (:class:`solver.elastic.AnisotropicElasticity`). It has the grain interactions
+  of elasticity and no plasticity, so it overshoots the stress once grains
+  yield; ``F_theta`` learns the whole plastic flow. It costs a fifth of the
+  crystal-plasticity solve.
+* ``frozen_hardening``: the material's crystal plasticity with ``h_0 = 0`` (the
+  slip resistance stays at ``xi_0``); ``F_theta`` learns the hardening. It costs
+  as much as the full solve.
+
+The model records which physics it was trained with, and
+``slipstream couple forecast`` solves with that one. The load enters as its mode,
 direction and strain *increment* per step (not the strain reached), so a
 rollout beyond the trained horizon applies the same learned step again.
 
@@ -50,6 +59,9 @@ from .data import SplitSpec, StoreInfo, make_splits, material_stiffness, partner
 from .models import FNO2d, Normaliser
 
 KINDS = ("hybrid", "neural")
+#: ``solver.constitutive`` values a physics partner may have (``solver.config.CONSTITUTIVE``)
+PHYSICS = ("elastic", "frozen_hardening")
+_MAKE_PARTNER = "slipstream campaign CFG --constitutive elastic (or frozen_hardening)"
 GROUPS = ("stress", "strain", "rotation", "slip")
 
 DEFAULTS: dict[str, Any] = {
@@ -98,16 +110,17 @@ def forecast_config(cfg: Mapping[str, Any] | None = None, **overrides) -> dict[s
 
 # --------------------------------------------------------------------------- data
 
-def physics_partner(store: StoreInfo, physics: StoreInfo) -> None:
-    """Check that ``physics`` solves ``store``'s samples with the elastic limit alone.
+def physics_partner(store: StoreInfo, physics: StoreInfo) -> str:
+    """Check that ``physics`` solves ``store``'s samples with an incomplete physics; return which (:data:`PHYSICS`).
 
     Raises:
-        StoreError: another campaign, or not an elastic one.
+        StoreError: another campaign, or solved with the full physics.
     """
-    value = partner_value(store, physics, "solver", "constitutive", "slipstream campaign CFG --constitutive elastic")
-    if value != "elastic":
-        raise StoreError(f"{physics.path}: solved with {value or 'crystal_plasticity'}, not the elastic limit "
-                         "(make it with: slipstream campaign CFG --constitutive elastic)")
+    value = partner_value(store, physics, "solver", "constitutive", _MAKE_PARTNER)
+    if value not in PHYSICS:
+        raise StoreError(f"{physics.path}: solved with {value or 'crystal_plasticity'}, not an incomplete physics "
+                         f"({' or '.join(PHYSICS)}; make it with: {_MAKE_PARTNER})")
+    return value
 
 
 def step_condition(mode: str, direction, strain_increment: float, rate: float) -> np.ndarray:
@@ -260,7 +273,8 @@ def train_forecast(store: str | Path, out: str | Path, *, kind: str = "hybrid", 
         store: the crystal-plasticity campaign (the truth).
         out: model directory (created; an existing run is refused).
         kind: ``hybrid`` (needs ``physics``) or ``neural``.
-        physics: the store's elastic partner (``slipstream campaign CFG --constitutive elastic``).
+        physics: the store's physics partner (``slipstream campaign CFG --constitutive elastic`` or
+            ``frozen_hardening``).
         config: :func:`forecast_config` keys.
 
     Raises:
@@ -283,8 +297,7 @@ def train_forecast(store: str | Path, out: str | Path, *, kind: str = "hybrid", 
         status = _store.sample_status(_store.open_store(physics, "r"))
         splits = {k: [i for i in v if i < status.size and status[i] == _store.DONE] for k, v in splits.items()}
     data = {k: TrajectoryDataset(store, splits[k], physics if kind == "hybrid" else None) for k in ("train", "validation")}
-    if physics is not None and kind == "neural":
-        physics_partner(info, store_info(physics))
+    physics_kind = physics_partner(info, store_info(physics)) if physics is not None else None
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     torch.manual_seed(cfg["seed"])
     model = Forecaster(kind, features.n_field_channels(info.n_slip), features.N_CONDITION, cfg["model_kwargs"])
@@ -322,7 +335,8 @@ def train_forecast(store: str | Path, out: str | Path, *, kind: str = "hybrid", 
     out.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, "kind": kind, "model": {"class": "Forecaster", "kwargs": model.kwargs},
             "config": cfg, "horizon": horizon, "store": info.signature(),
-            "physics": store_info(physics).signature() if kind == "hybrid" else None, "splits": splits,
+            "physics": store_info(physics).signature() if kind == "hybrid" else None,
+            "physics_constitutive": physics_kind if kind == "hybrid" else None, "splits": splits,
             "history": history, "train_seconds": time.perf_counter() - t0, "versions": checkpoint.versions(),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}
     checkpoint.save(out / "forecast.pt", {"model": meta["model"], "state_dict": model.state_dict(), "kind": kind,
@@ -361,7 +375,7 @@ def rollout_errors(model: Forecaster | None, dataset: TrajectoryDataset, horizon
                    steps: int | None = None) -> dict[str, Any]:
     """Relative L2 errors of rollouts against the truth, per step and field group.
 
-    ``model=None`` evaluates the physics alone (the elastic trajectory). Errors
+    ``model=None`` evaluates the physics alone (the partner's trajectory). Errors
     are ``||x_pred - x|| / ||x||`` over all voxels of all samples, per group,
     and ``all`` is the root mean square of the four groups' errors; the residual share
     is ``||F|| / ||x_{n+1} - x_n||`` (hybrid only).

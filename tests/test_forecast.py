@@ -1,4 +1,5 @@
-"""Hybrid physics-ML forecasts: the elastic physics partner, rollouts, training, `slipstream couple forecast`."""
+"""Hybrid physics-ML forecasts: the physics partners (elastic, frozen hardening), rollouts, training,
+`slipstream couple forecast`."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def test_the_elastic_limit_of_a_cube_crystal_has_the_analytic_young_modulus(tmp_
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
-    """A crystal-plasticity campaign, its elastic partner, and small hybrid and neural forecasts."""
+    """A crystal-plasticity campaign, its elastic and frozen-hardening partners, and small forecasts."""
     import yaml
     from mpi4py import MPI
 
@@ -64,9 +65,12 @@ def stores(tmp_path_factory):
     cfg.write_text(yaml.safe_dump(TINY))
     run_campaign(MPI.COMM_SELF, cfg, base / "cp.zarr", quiet=True)
     run_campaign(MPI.COMM_SELF, cfg, base / "elastic.zarr", quiet=True, constitutive="elastic")
+    run_campaign(MPI.COMM_SELF, cfg, base / "frozen.zarr", quiet=True, constitutive="frozen_hardening")
     train_forecast(base / "cp.zarr", base / "hybrid", kind="hybrid", physics=base / "elastic.zarr", config=SMALL,
                    quiet=True)
     train_forecast(base / "cp.zarr", base / "neural", kind="neural", config=SMALL, quiet=True)
+    train_forecast(base / "cp.zarr", base / "hybrid_frozen", kind="hybrid", physics=base / "frozen.zarr",
+                   config=SMALL, quiet=True)
     return base
 
 
@@ -83,13 +87,34 @@ def test_the_elastic_partner_overshoots_once_grains_yield(stores):
 
 
 @pytest.mark.skip_in_parallel
-def test_a_store_that_is_not_the_elastic_partner_is_refused(stores):
-    from surrogate.data import store_info
-    from surrogate.forecast import physics_partner
+def test_the_frozen_hardening_partner_keeps_the_initial_slip_resistance(stores):
+    import zarr
 
-    with pytest.raises(StoreError, match="not the elastic limit"):
+    from solver.materials import PRESETS
+
+    cp, fr = (zarr.open_group(str(stores / n), mode="r") for n in ("cp.zarr", "frozen.zarr"))
+    xi0 = PRESETS["Al-DAMASK"].slip_resistance_initial[0]
+    # h0 = 0: every system keeps xi0 at every step, though the grains slip
+    np.testing.assert_array_equal(np.asarray(fr["slip_resistance"]), xi0)
+    assert np.asarray(fr["slip"])[:, -1].max() > 1e-4
+    # the full material hardens wherever it slips, so it carries more stress at the same strain
+    assert np.asarray(cp["slip_resistance"])[:, -1].max() > xi0
+    vm_cp, vm_fr = (np.asarray(g["von_mises_stress"])[:, -1].mean(axis=(1, 2, 3)) for g in (cp, fr))
+    assert np.all(vm_fr <= vm_cp * (1 + 1e-6)) and np.any(vm_fr < vm_cp)
+
+
+@pytest.mark.skip_in_parallel
+def test_a_store_that_is_not_a_physics_partner_is_refused(stores):
+    from surrogate.data import store_info
+    from surrogate.forecast import load_forecaster, physics_partner
+
+    with pytest.raises(StoreError, match="not an incomplete physics"):
         physics_partner(store_info(stores / "cp.zarr"), store_info(stores / "cp.zarr"))
-    physics_partner(store_info(stores / "cp.zarr"), store_info(stores / "elastic.zarr"))
+    assert physics_partner(store_info(stores / "cp.zarr"), store_info(stores / "elastic.zarr")) == "elastic"
+    assert physics_partner(store_info(stores / "cp.zarr"), store_info(stores / "frozen.zarr")) == "frozen_hardening"
+    # the model records its physics, so couple forecast solves with the same one
+    assert load_forecaster(stores / "hybrid")[1]["physics_constitutive"] == "elastic"
+    assert load_forecaster(stores / "hybrid_frozen")[1]["physics_constitutive"] == "frozen_hardening"
 
 
 @pytest.mark.skip_in_parallel
@@ -159,12 +184,29 @@ def test_couple_forecast_serial_and_on_two_ranks(stores, run_cli, tmp_path):
 
 
 @pytest.mark.skip_in_parallel
+def test_couple_forecast_solves_the_physics_the_model_was_trained_with(stores, run_cli, tmp_path):
+    r = run_cli("couple", "forecast", "--model", stores / "hybrid_frozen", "--microstructure",
+                f"{stores / 'cp.zarr'}:2", "--load", "tension 0.6% [1,0,0]", "--steps", "4", "--out", tmp_path / "f")
+    assert r.returncode == 0, r.stderr
+    s = json.loads((tmp_path / "f" / "summary.json").read_text())
+    assert s["physics"] == "frozen_hardening" and "frozen_hardening solve" in r.stdout
+    import yaml
+    import zarr
+
+    assert yaml.safe_load((tmp_path / "f" / "physics" / "solver.yaml").read_text())["solver"]["constitutive"] \
+        == "frozen_hardening"
+    (store,) = (tmp_path / "f" / "physics").glob("*.zarr")
+    xi = np.asarray(zarr.open_group(str(store), mode="r")["slip_resistance"])
+    np.testing.assert_array_equal(xi, xi.flat[0])  # no hardening anywhere
+
+
+@pytest.mark.skip_in_parallel
 def test_forecast_bad_input(stores, run_cli, tmp_path):
     r = run_cli("train", "--forecast", "hybrid", "--store", stores / "cp.zarr", "--out", tmp_path / "m")
     assert_one_line_error(r, "--physics")
     r = run_cli("train", "--forecast", "hybrid", "--store", stores / "cp.zarr", "--physics", stores / "cp.zarr",
                 "--out", tmp_path / "m2")
-    assert_one_line_error(r, "not the elastic limit")
+    assert_one_line_error(r, "not an incomplete physics")
     r = run_cli("couple", "forecast", "--model", stores / "cp.zarr", "--microstructure", f"{stores / 'cp.zarr'}:1",
                 "--load", "tension 0.5%", "--out", tmp_path / "x")
     assert_one_line_error(r, "model.json")
