@@ -161,7 +161,7 @@ def cmd_couple_forecast(args) -> int:
     from coupling.forecast import run_forecast
 
     run_forecast(_comm(), args.model, args.microstructure, args.load, args.out, steps=args.steps, verify=args.verify,
-                 quiet=args.quiet)
+                 trust_threshold=args.trust_threshold, quiet=args.quiet)
     return 0
 
 
@@ -235,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     cf.add_argument("--out", required=True, help="output directory")
     cf.add_argument("--steps", type=int, default=10, help="equal load increments to roll out (default 10)")
     cf.add_argument("--verify", action="store_true", help="also run the crystal-plasticity solver and report errors")
+    cf.add_argument("--trust-threshold", type=float, default=0.5,
+                    help="below this trust the crystal-plasticity solver answers (default 0.5)")
     cf.add_argument("--quiet", action="store_true", help="no solver progress lines")
     cf.set_defaults(func=cmd_couple_forecast)
 

@@ -7,12 +7,17 @@
   ``slipstream predict``. The load is applied in ``--steps`` equal increments;
   more steps than the model's training horizon roll the forecast out beyond it.
 * For a hybrid model the incomplete physics it was trained with (the elastic
-  limit of the material, or its crystal plasticity with frozen hardening) is solved on the map by the solver (serial or ``mpirun``), then the learned
+  limit of the material, or its crystal plasticity with frozen hardening) is
+  solved on the map by the solver (serial or ``mpirun``), then the learned
   residual is added step by step on rank 0. A ``neural`` model needs no solve.
 * Writes PNGs (IPF maps, von Mises stress and slip maps, stress-strain curve,
   pole figures), ``forecast.zarr`` and ``summary.json``.
 * ``--verify`` also runs the crystal-plasticity solver and reports, per step,
   the relative errors of the forecast and of the incomplete physics alone.
+* The trust (:func:`surrogate.forecast.forecast_trust`: the validation hit rate
+  at this many steps times the load's and map's domain factor) is reported;
+  below ``--trust-threshold`` the crystal-plasticity solver answers (``solver/``)
+  and ``summary.json`` says so (``answer_from``).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from .whatif import _solve, _write_zarr, check_study_options, parse_load, read_m
 
 
 def run_forecast(comm, model: str, microstructure: str, load_text: str, out: str, *, steps: int = 10,
-                 verify: bool = False, quiet: bool = False) -> dict[str, Any]:
+                 verify: bool = False, trust_threshold: float = 0.5, quiet: bool = False) -> dict[str, Any]:
     """The forecast (module docstring). Collective; rank 0 returns the summary."""
     import numpy as np
     import torch
@@ -36,19 +41,28 @@ def run_forecast(comm, model: str, microstructure: str, load_text: str, out: str
     from coupling.demo import surrogate_pictures
     from surrogate import features
     from surrogate.data import material_stiffness, sample_targets
-    from surrogate.forecast import load_forecaster, step_condition
+    from surrogate.forecast import forecast_trust, load_forecaster, step_condition
     from surrogate.predict import state_fields
 
-    check_study_options(steps)
+    check_study_options(steps, trust_threshold)
     load = parse_load(load_text)
     forecaster, meta = load_forecaster(model)
     ms = read_map(microstructure)
+    inputs = features.sample_inputs(ms.euler[0], ms.grain_id[0], load["mode"], load["direction"],
+                                    meta["store"]["lattice"], material_stiffness(dict(meta["store"]["material"])))
+    # the trust depends on the model's validation, the load and the map only: known before any solve
+    trust = forecast_trust(meta, steps, load["mode"], load["strain"], features.microstructure_summary(inputs["fields"]))
+    fallback = trust["trust"] < trust_threshold
     out = pathlib.Path(out)
     say = print if (comm.rank == 0 and not quiet) else (lambda *a, **k: None)
     material = dict(meta["store"]["material"])
     euler, grain_id = ms.euler[0], ms.grain_id[0]
     say(f"couple forecast: {ms.source or microstructure} ({grain_id.shape[1]} x {grain_id.shape[0]}), {load_text} in "
-        f"{steps} steps ({meta['kind']} model, trained over {meta['horizon']} steps)", flush=True)
+        f"{steps} steps ({meta['kind']} model, trained over {meta['horizon']} steps), trust {trust['trust']:.2f}"
+        + (f" ({trust['reason']})" if trust["reason"] else ""), flush=True)
+    if fallback:
+        say(f"couple forecast: trust below the threshold {trust_threshold:g}: the crystal-plasticity solver answers "
+            "(in solver/); the forecast is kept beside it for comparison", flush=True)
     physics_run, physics = None, None
     # models trained before the frozen-hardening physics existed have no physics_constitutive: elastic
     physics_name = (meta.get("physics_constitutive") or "elastic") if meta["kind"] == "hybrid" else None
@@ -56,12 +70,10 @@ def run_forecast(comm, model: str, microstructure: str, load_text: str, out: str
     if meta["kind"] == "hybrid":
         physics_run = _solve(comm, ms, load, steps, out / "physics", material, quiet, constitutive=physics_name)
     physics_seconds = time.perf_counter() - t0
-    truth_run = _solve(comm, ms, load, steps, out / "solver", material, quiet) if verify else None
+    truth_run = _solve(comm, ms, load, steps, out / "solver", material, quiet) if (verify or fallback) else None
     if comm.rank != 0:
         return {}
     t1 = time.perf_counter()
-    inputs = features.sample_inputs(euler, grain_id, load["mode"], load["direction"], meta["store"]["lattice"],
-                                    material_stiffness(material))
     shape = (1, steps + 1, features.N_TARGETS) + grain_id.shape
     if physics_run is not None:
         physics = torch.from_numpy(sample_targets(zarr.open_group(physics_run["store"], mode="r"), 0)[0])[None]
@@ -79,6 +91,9 @@ def run_forecast(comm, model: str, microstructure: str, load_text: str, out: str
     summary: dict[str, Any] = {
         "model": str(model), "kind": meta["kind"], "microstructure": str(microstructure), "load": load, "steps": steps,
         "training_horizon": meta["horizon"], "beyond_horizon": steps > meta["horizon"],
+        "answer_from": "solver (fallback)" if fallback else f"{meta['kind']} forecast",
+        "trust": trust["trust"], "trust_threshold": trust_threshold, "validation_hit_rate": trust["hit_rate"],
+        "domain_factor": trust["domain_factor"], "domain_reason": trust["reason"],
         "physics": physics_name, "physics_seconds": physics_seconds if physics_run is not None else 0.0, "rollout_seconds": rollout_seconds,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}
     if meta["kind"] == "hybrid":

@@ -33,6 +33,16 @@ residual's norm relative to the whole increment is reported as the share of
 missing physics. The pure neural model ``G_theta`` has the same network and
 inputs (less ``dx_phys``) and the same trajectory loss.
 
+Trust: after training, the validation trajectories are rolled out over all
+their steps (2x the horizon for the default campaign) and, per step, the share
+of voxels whose von Mises stress is within ``trust_tolerance`` of the solver's
+(:func:`surrogate.uncertainty.tolerance_band`, the surrogate's hit) is stored
+(``model.json`` -> ``calibration.hit_rate``). A forecast's trust is the hit
+rate at its step count (the last validated one beyond it) times the domain
+factor of the load and map (:func:`surrogate.uncertainty.domain_factor`, from
+the training samples: ``training_domain``). The members of one model give no
+spread, so the trust is the same for every voxel.
+
 Networks are :class:`surrogate.models.FNO2d` (periodic, resolution-agnostic);
 normalisers are buffers (state scale per field group, from the training set).
 """
@@ -74,6 +84,7 @@ DEFAULTS: dict[str, Any] = {
     "horizon": None,           # training steps after x_0; default: half of the store's
     "split": None,
     "seed": 0,
+    "trust_tolerance": 0.05,   # relative von Mises error that counts as a hit (the surrogate's trust)
 }
 
 
@@ -332,11 +343,19 @@ def train_forecast(store: str | Path, out: str | Path, *, kind: str = "hybrid", 
         say(f"forecast epoch {epoch + 1}/{cfg['epochs']}: train loss {run / max(n, 1):.4f}, validation relative "
             f"error at the horizon {val:.4f}{' *' if val == best else ''}")
     model.load_state_dict(best_state)
+    from .train import training_domain
+
+    calibration = forecast_calibration(model, data["validation"], cfg["trust_tolerance"])
+    domain = training_domain(str(store), data["train"].samples,
+                             maps=(data["train"][k]["fields"].numpy() for k in range(len(data["train"]))))
+    say(f"forecast: validation hit rate (von Mises within {100 * cfg['trust_tolerance']:g} %) "
+        + ", ".join(f"{v:.2f}" for v in calibration["hit_rate"].values()) + " per step")
     out.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, "kind": kind, "model": {"class": "Forecaster", "kwargs": model.kwargs},
             "config": cfg, "horizon": horizon, "store": info.signature(),
             "physics": store_info(physics).signature() if kind == "hybrid" else None,
             "physics_constitutive": physics_kind if kind == "hybrid" else None, "splits": splits,
+            "calibration": calibration, "training_domain": domain,
             "history": history, "train_seconds": time.perf_counter() - t0, "versions": checkpoint.versions(),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}
     checkpoint.save(out / "forecast.pt", {"model": meta["model"], "state_dict": model.state_dict(), "kind": kind,
@@ -413,3 +432,73 @@ def rollout_errors(model: Forecaster | None, dataset: TrajectoryDataset, horizon
         out["residual_share"] = {str(n): float((res_num[n] / res_den[n].clamp_min(1e-300)).sqrt())
                                  for n in range(1, steps + 1)}
     return out
+
+
+@torch.no_grad()
+def forecast_calibration(model: Forecaster, dataset: TrajectoryDataset, tolerance: float) -> dict[str, Any]:
+    """Per rollout step, the share of voxels of ``dataset`` whose von Mises stress is a hit (module docstring).
+
+    Returns:
+        ``{"tolerance", "hit_rate": {step: share}, "validated_steps", "samples", "voxels"}``.
+    """
+    from .uncertainty import tolerance_band, von_mises
+
+    steps = dataset.info.n_steps - 1
+    hits = torch.zeros(steps + 1, dtype=torch.float64)
+    voxels = 0
+    model.eval()
+    for b in torch.utils.data.DataLoader(dataset, batch_size=16, collate_fn=_collate):
+        pred, _ = model.rollout(b["physics"], b["fields"], b["condition"], steps)
+        sl = features.TARGETS["stress"]
+        vm_pred = von_mises(pred[:, :, sl].double(), dim=2)  # states are in physical units
+        vm_true = von_mises(b["truth"][:, : steps + 1, sl].double(), dim=2)
+        hits += (vm_pred - vm_true).abs().le(tolerance_band(vm_pred, tolerance)).sum(dim=(0, 2, 3)).double()
+        voxels += vm_true.shape[0] * vm_true.shape[-1] * vm_true.shape[-2]
+    return {"tolerance": float(tolerance), "validated_steps": steps, "samples": len(dataset), "voxels": voxels,
+            "hit_rate": {str(n): float(hits[n] / max(voxels, 1)) for n in range(1, steps + 1)}}
+
+
+def forecast_trust(meta: Mapping[str, Any], steps: int, mode: str, strain: float, summary=None) -> dict[str, Any]:
+    """The trust of a forecast of ``steps`` steps to ``strain`` (module docstring).
+
+    Returns:
+        ``{"trust", "hit_rate", "domain_factor", "reason"}``; ``reason`` says what
+        lowered it (beyond the validated steps, outside the training domain) or is ''.
+
+    Raises:
+        ModelError: a model trained before forecasts had a trust (no calibration).
+    """
+    from .uncertainty import domain_factor
+
+    cal = meta.get("calibration")
+    if not cal:
+        raise ModelError("this forecast has no calibration (model.json lacks 'calibration'); retrain it, or run "
+                         "surrogate.forecast.calibrate_forecast(MODEL, STORE, PHYSICS)")
+    validated = int(cal["validated_steps"])
+    hit = float(cal["hit_rate"][str(min(steps, validated))])
+    factor, reason = domain_factor(meta.get("training_domain", {}), mode, strain, summary)
+    if steps > validated:
+        reason = "; ".join(r for r in (reason, f"{steps} steps, validated up to {validated}: the trust is that of "
+                                               f"step {validated}") if r)
+    return {"trust": hit * factor, "hit_rate": hit, "domain_factor": factor, "reason": reason}
+
+
+def calibrate_forecast(model_dir: str | Path, store: str | Path, physics: str | Path | None = None,
+                       tolerance: float | None = None) -> dict[str, Any]:
+    """(Re)compute a trained forecast's calibration and training domain on its own splits; writes ``model.json``."""
+    model, meta = load_forecaster(model_dir)
+    if meta["kind"] == "hybrid" and physics is None:
+        raise ConfigError("a hybrid forecast is calibrated with its physics partner store (physics=)")
+    partner = physics if meta["kind"] == "hybrid" else None
+    tolerance = float(tolerance if tolerance is not None else meta["config"].get("trust_tolerance",
+                                                                                 DEFAULTS["trust_tolerance"]))
+    validation = TrajectoryDataset(store, meta["splits"]["validation"], partner)
+    train = TrajectoryDataset(store, meta["splits"]["train"], partner)
+    meta["config"]["trust_tolerance"] = tolerance
+    meta["calibration"] = forecast_calibration(model, validation, tolerance)
+    from .train import training_domain
+
+    meta["training_domain"] = training_domain(str(store), train.samples,
+                                              maps=(train[k]["fields"].numpy() for k in range(len(train))))
+    (Path(model_dir) / "model.json").write_text(json.dumps(meta, indent=1))
+    return meta

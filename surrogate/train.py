@@ -251,8 +251,12 @@ def _refuse_foreign(out: Path, cfg: dict, info, resume: bool) -> None:
                          f"{before['store']['fingerprint'][:12]}, this one {info.fingerprint[:12]})")
 
 
-def training_domain(store: str, samples: list[int], dataset: CampaignDataset | None = None) -> dict[str, Any]:
-    """Load modes, strain range and map statistics of the training samples (the trust score's domain factor)."""
+def training_domain(store: str, samples: list[int], dataset: CampaignDataset | None = None,
+                    maps=None) -> dict[str, Any]:
+    """Load modes, strain range and map statistics of the training samples (the trust score's domain factor).
+
+    ``maps``: the samples' map channels (:func:`surrogate.features.sample_inputs`), when already decoded.
+    """
     from solver import store as _store
 
     from .uncertainty import microstructure_domain
@@ -260,9 +264,10 @@ def training_domain(store: str, samples: list[int], dataset: CampaignDataset | N
     group = _store.open_store(store, "r")
     modes = group["load_mode"][:][samples]
     strains = group["load_strain"][:][samples]
-    dataset = dataset or CampaignDataset(store, samples)
-    n_map = features.n_field_channels(dataset.info.n_slip)  # the map's channels (a correction appends more)
-    maps = (dataset.sample_data(i).fields for i in samples)
+    if maps is None:
+        dataset = dataset or CampaignDataset(store, samples)
+        maps = (dataset.sample_data(i).fields for i in samples)
+    n_map = features.n_field_channels(store_info(store).n_slip)  # the map's channels (a correction appends more)
     summaries = np.stack([features.microstructure_summary(f.reshape(-1, *f.shape[-2:])[:n_map]) for f in maps])
     return {"modes": sorted({MODES[int(m)] for m in modes}), "strain_min": float(strains.min()),
             "strain_max": float(strains.max()), "microstructure": microstructure_domain(summaries)}

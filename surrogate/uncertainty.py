@@ -118,10 +118,18 @@ class Ensemble:
         return domain_factor(self.meta.get("training_domain", {}), mode, strain, summary)
 
 
+def tolerance_band(vm: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """The von Mises error ``tau = tolerance * max(vm, mean(vm)/4)`` per voxel that counts as a hit.
+
+    ``vm`` ``(..., y, x)`` is the *predicted* von Mises stress; the floor keeps
+    nearly unloaded voxels from demanding an absolute precision of nothing.
+    """
+    return tolerance * torch.maximum(vm, vm.mean(dim=(-2, -1), keepdim=True) / 4.0)
+
+
 def trust_score(vm: torch.Tensor, vm_spread: torch.Tensor, scale: float, tolerance: float) -> torch.Tensor:
-    """``erf(tau / (sqrt 2 * scale * spread))`` per voxel, ``tau = tolerance * max(vm, mean(vm)/4)``."""
-    floor = vm.mean(dim=(-2, -1), keepdim=True) / 4.0
-    tau = tolerance * torch.maximum(vm, floor)
+    """``erf(tau / (sqrt 2 * scale * spread))`` per voxel, ``tau`` of :func:`tolerance_band`."""
+    tau = tolerance_band(vm, tolerance)
     sigma = (scale * vm_spread).clamp_min(1e-12 * float(vm.abs().max()) + 1e-30)
     return torch.erf(tau / (math.sqrt(2.0) * sigma))
 
@@ -235,8 +243,7 @@ def calibrate(ensemble: Ensemble, loader, tolerance: float) -> dict[str, Any]:
         vm_true = von_mises(target[:, features.TARGETS["stress"]])
         vm_err = pred["von_mises"] - vm_true
         ratios["von_mises"].append((vm_err / pred["von_mises_spread"].clamp_min(1e-30)).flatten().cpu())
-        floor = pred["von_mises"].mean(dim=(-2, -1), keepdim=True) / 4.0
-        tau = tolerance * torch.maximum(pred["von_mises"], floor)
+        tau = tolerance_band(pred["von_mises"], tolerance)
         within.append((vm_err.abs() <= tau).flatten().cpu())
         # the trust needs the fitted scale: keep what it is made of
         trust_vals.append((pred["von_mises_spread"].flatten().cpu(), tau.flatten().cpu()))

@@ -156,6 +156,60 @@ def test_trained_forecasts_roll_out_beyond_their_horizon(stores):
     assert "residual_share" not in rollout_errors(neural, ds, 2, 4)
 
 
+@pytest.mark.skip_in_parallel
+def test_the_forecast_trust_is_the_validation_hit_rate_times_the_domain_factor(stores):
+    import torch
+
+    from solver.errors import ModelError
+    from surrogate.forecast import TrajectoryDataset, forecast_trust, load_forecaster
+
+    model, meta = load_forecaster(stores / "hybrid")
+    cal = meta["calibration"]
+    assert cal["validated_steps"] == 4 and set(cal["hit_rate"]) == {"1", "2", "3", "4"}
+    # the hit rates, counted here in NumPy from the validation rollouts
+    ds = TrajectoryDataset(stores / "cp.zarr", meta["splits"]["validation"], stores / "elastic.zarr")
+    hits, voxels = np.zeros(5), 0
+    for k in range(len(ds)):
+        it = ds[k]
+        with torch.no_grad():
+            states, _ = model.rollout(it["physics"][None], it["fields"][None], it["condition"][None], 4)
+
+        def vm(x):
+            s = np.asarray(x, dtype=float)[:, :6]
+            return np.sqrt(0.5 * ((s[:, 0] - s[:, 1]) ** 2 + (s[:, 1] - s[:, 2]) ** 2 + (s[:, 2] - s[:, 0]) ** 2)
+                           + 3 * (s[:, 3] ** 2 + s[:, 4] ** 2 + s[:, 5] ** 2))
+        p, t = vm(states[0].numpy()), vm(it["truth"].numpy())
+        tau = 0.05 * np.maximum(p, p.mean(axis=(1, 2), keepdims=True) / 4)
+        hits += (np.abs(p - t) <= tau).sum(axis=(1, 2))
+        voxels += p[0].size
+    for n in range(1, 5):
+        assert cal["hit_rate"][str(n)] == pytest.approx(hits[n] / voxels, abs=1e-9)
+    # inside the domain the trust is the hit rate; beyond the validated steps it is that of the last one, and says so
+    domain = meta["training_domain"]
+    mode, strain = domain["modes"][0], domain["strain_min"]
+    t = forecast_trust(meta, 2, mode, strain)
+    assert t["trust"] == pytest.approx(cal["hit_rate"]["2"]) and t["domain_factor"] == 1.0 and t["reason"] == ""
+    t = forecast_trust(meta, 8, mode, strain)
+    assert t["trust"] == pytest.approx(cal["hit_rate"]["4"]) and "validated up to 4" in t["reason"]
+    # a load far outside training: the domain factor drops to 0
+    t = forecast_trust(meta, 4, mode, 10 * domain["strain_max"])
+    assert t["trust"] == 0.0 and "beyond the largest trained" in t["reason"]
+    assert forecast_trust(meta, 4, "compression", strain)["trust"] == 0.0  # a mode never trained
+    with pytest.raises(ModelError, match="no calibration"):
+        forecast_trust({}, 4, mode, strain)
+
+
+@pytest.mark.skip_in_parallel
+def test_couple_forecast_falls_back_to_the_solver_out_of_domain(stores, run_cli, tmp_path):
+    r = run_cli("couple", "forecast", "--model", stores / "neural", "--microstructure", f"{stores / 'cp.zarr'}:1",
+                "--load", "tension 8% [1,0,0]", "--steps", "4", "--out", tmp_path / "ood")
+    assert r.returncode == 0, r.stderr
+    s = json.loads((tmp_path / "ood" / "summary.json").read_text())
+    assert s["answer_from"] == "solver (fallback)" and s["trust"] == 0.0 and s["domain_reason"]
+    assert "solver answers" in r.stdout and len(s["verify"]["forecast"]) == 4
+    assert list((tmp_path / "ood" / "solver").glob("*.zarr"))
+
+
 def _fields(path):
     import zarr
 
@@ -174,6 +228,7 @@ def test_couple_forecast_serial_and_on_two_ranks(stores, run_cli, tmp_path):
     assert r2.stdout.count("pictures, forecast.zarr and summary.json") == 1  # rank 0 prints
     s = json.loads((tmp_path / "serial" / "summary.json").read_text())
     assert s["kind"] == "hybrid" and s["beyond_horizon"] and len(s["residual_share"]) == 4
+    assert 0.0 <= s["trust"] <= 1.0 and s["answer_from"] in ("hybrid forecast", "solver (fallback)")
     assert len(s["verify"]["forecast"]) == 4 and len(s["verify"]["physics_alone"]) == 4
     for name in ("ipf_final.png", "von_mises_stress.png", "stress_strain.png", "von_mises_error.png"):
         assert (tmp_path / "serial" / name).stat().st_size > 1000
