@@ -32,7 +32,7 @@ from typing import Any
 
 from solver.errors import ModelError
 
-from .whatif import _solve, _write_zarr, check_study_options, parse_load, read_map
+from .whatif import _solve, _write_zarr, answer_location, answer_note, check_study_options, parse_load, read_map
 
 
 def run_correct(comm, model: str, microstructure: str, load_text: str, out: str, *, verify: bool = False,
@@ -123,8 +123,10 @@ def run_correct(comm, model: str, microstructure: str, load_text: str, out: str,
                                                "coarse_run": str(out / "coarse")})
     summary["pictures"] = [str(p) for p in pictures]
     summary["fields"] = str(out / "corrected.zarr")
+    summary["answer"] = answer_location(out, "fine" if fallback else None)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    say(f"couple correct: answer from the {summary['answer_from']}; pictures, corrected.zarr and summary.json "
+    say(f"couple correct: answer from the {summary['answer_from']}"
+        f"{answer_note(out, 'fine' if fallback else None, 'correction')}; pictures, corrected.zarr and summary.json "
         f"in {out}/")
     return summary
 

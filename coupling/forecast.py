@@ -28,7 +28,7 @@ import pathlib
 import time
 from typing import Any
 
-from .whatif import _solve, _write_zarr, check_study_options, parse_load, read_map
+from .whatif import _solve, _write_zarr, answer_location, answer_note, check_study_options, parse_load, read_map
 
 
 def run_forecast(comm, model: str, microstructure: str, load_text: str, out: str, *, steps: int = 10,
@@ -124,8 +124,10 @@ def run_forecast(comm, model: str, microstructure: str, load_text: str, out: str
                                               "kind": meta["kind"], "steps": steps})
     summary["pictures"] = [str(p) for p in pictures]
     summary["fields"] = str(out / "forecast.zarr")
+    summary["answer"] = answer_location(out, "solver" if fallback else None)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     say(f"couple forecast: rollout {rollout_seconds:.2f} s" + (f" after the {physics_name} solve ({physics_seconds:.1f} s)"
                                                                if physics_run else "")
+        + f"; answer from the {summary['answer_from']}{answer_note(out, 'solver' if fallback else None, 'forecast')}"
         + f"; pictures, forecast.zarr and summary.json in {out}/")
     return summary

@@ -74,6 +74,19 @@ def check_study_options(steps: int, trust_threshold: float | None = None) -> Non
         raise ConfigError(f"--steps must be at least 1, got {steps}")
 
 
+def answer_location(out: pathlib.Path, fallback_dir: str | None) -> str:
+    """Where a study's answer lies: ``out`` itself, or the run that answered in its place (``out/fallback_dir``)."""
+    return str(out / fallback_dir) if fallback_dir else str(out)
+
+
+def answer_note(out: pathlib.Path, fallback_dir: str | None, model_label: str) -> str:
+    """The words of a study's last line that point a fallback's reader at the answering run."""
+    if not fallback_dir:
+        return ""
+    return (f" (its pictures, ParaView file and store are in {out / fallback_dir}/; the {model_label}'s, "
+            "kept for comparison, are below)")
+
+
 def read_map(spec: str):
     """The microstructure of ``spec`` (a file or ``store.zarr:INDEX``) as a :class:`solver.microstructure.Microstructure`.
 
@@ -221,6 +234,8 @@ def run_predict(comm, model: str, microstructure: str, load_text: str, out: str,
                                                 "trust": pred["sample_trust"]})
     summary["pictures"] = [str(p) for p in pictures]
     summary["fields"] = str(out / "prediction.zarr")
+    summary["answer"] = answer_location(out, "solver" if fallback else None)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    say(f"predict: answer from the {path}; pictures, prediction.zarr and summary.json in {out}/")
+    say(f"predict: answer from the {path}{answer_note(out, 'solver' if fallback else None, 'surrogate')}; "
+        f"pictures, prediction.zarr and summary.json in {out}/")
     return summary

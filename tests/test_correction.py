@@ -288,3 +288,4 @@ def test_a_load_far_outside_training_falls_back_to_the_fine_solve(pair, run_cli,
     s = json.loads((tmp_path / "f" / "summary.json").read_text())
     assert s["trust"] == 0.0 and s["domain_factor"] == 0.0 and "beyond" in s["domain_reason"]
     assert s["answer_from"] == "fine solve (fallback)" and (tmp_path / "f" / "fine" / "results.zarr").is_dir()
+    assert s["answer"] == str(tmp_path / "f" / "fine")

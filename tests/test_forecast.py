@@ -207,6 +207,7 @@ def test_couple_forecast_falls_back_to_the_solver_out_of_domain(stores, run_cli,
     s = json.loads((tmp_path / "ood" / "summary.json").read_text())
     assert s["answer_from"] == "solver (fallback)" and s["trust"] == 0.0 and s["domain_reason"]
     assert "solver answers" in r.stdout and len(s["verify"]["forecast"]) == 4
+    assert s["answer"] == str(tmp_path / "ood" / "solver") and f"{tmp_path / 'ood' / 'solver'}/" in r.stdout
     assert list((tmp_path / "ood" / "solver").glob("*.zarr"))
 
 

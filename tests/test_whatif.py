@@ -54,7 +54,7 @@ def test_predict_writes_pictures_fields_and_trust(model_and_map, run_cli, tempdi
                 "--out", tempdir / "p", "--trust-threshold", "0")
     assert r.returncode == 0, r.stderr
     s = json.loads((tempdir / "p" / "summary.json").read_text())
-    assert s["answer_from"] == "surrogate" and 0 <= s["trust"] <= 1
+    assert s["answer_from"] == "surrogate" and 0 <= s["trust"] <= 1 and s["answer"] == str(tempdir / "p")
     for name in ("ipf_initial.png", "ipf_final.png", "pole_figures_initial.png", "pole_figures_final.png",
                  "von_mises_stress.png", "accumulated_slip.png", "stress_strain.png", "trust.png"):
         assert (tempdir / "p" / name).stat().st_size > 1000
@@ -72,7 +72,7 @@ def test_out_of_domain_load_falls_back_to_the_solver(model_and_map, run_cli, tem
     assert r.returncode == 0, r.stderr
     s = json.loads((tempdir / "f" / "summary.json").read_text())
     assert s["trust"] == 0.0 and s["domain_factor"] == 0.0 and "beyond" in s["domain_reason"]
-    assert s["answer_from"] == "solver (fallback)"
+    assert s["answer_from"] == "solver (fallback)" and s["answer"] == str(tempdir / "f" / "solver")
     assert (tempdir / "f" / "solver" / "results.zarr").is_dir()
 
 
