@@ -309,22 +309,38 @@ def train_forecast(store: str | Path, out: str | Path, *, kind: str = "hybrid", 
         splits = {k: [i for i in v if i < status.size and status[i] == _store.DONE] for k, v in splits.items()}
     data = {k: TrajectoryDataset(store, splits[k], physics if kind == "hybrid" else None) for k in ("train", "validation")}
     physics_kind = physics_partner(info, store_info(physics)) if physics is not None else None
-    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
-    torch.manual_seed(cfg["seed"])
+    from .train import Context, training_domain
+
+    ctx = Context()  # torchrun: data-parallel over the training trajectories; else one process
+    say = (lambda *a: None) if quiet else ctx.say
+    torch.manual_seed(cfg["seed"])  # the same initial weights on every rank
     model = Forecaster(kind, features.n_field_channels(info.n_slip), features.N_CONDITION, cfg["model_kwargs"])
     t0 = time.perf_counter()
     model.set_statistics(statistics(data["train"], horizon))
+    model.to(ctx.device)
     say(f"forecast: training a {kind} forecast on {len(splits['train'])} trajectories ({len(splits['validation'])} "
-        f"validation), horizon {horizon} of {info.n_steps - 1} steps, {cfg['epochs']} epochs")
+        f"validation), horizon {horizon} of {info.n_steps - 1} steps, {cfg['epochs']} epochs, {ctx.world} "
+        f"process(es) on {ctx.device.type}")
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"])
-    loader = torch.utils.data.DataLoader(data["train"], batch_size=cfg["batch_size"], shuffle=True,
-                                         collate_fn=_collate, generator=torch.Generator().manual_seed(cfg["seed"]))
+    sampler = None
+    if ctx.distributed:
+        sampler = torch.utils.data.distributed.DistributedSampler(data["train"], num_replicas=ctx.world,
+                                                                  rank=ctx.rank, shuffle=True, seed=cfg["seed"])
+        loader = torch.utils.data.DataLoader(data["train"], batch_size=cfg["batch_size"], sampler=sampler,
+                                             collate_fn=_collate)
+    else:
+        loader = torch.utils.data.DataLoader(data["train"], batch_size=cfg["batch_size"], shuffle=True,
+                                             collate_fn=_collate,
+                                             generator=torch.Generator().manual_seed(cfg["seed"]))
     total = cfg["epochs"] * len(loader)
     best, best_state, history = math.inf, None, []
     for epoch in range(cfg["epochs"]):
+        if sampler is not None:
+            sampler.set_epoch(epoch)  # a different shuffle every epoch, the same on every rank
         model.train()
         run, n = 0.0, 0
         for i, b in enumerate(loader):
+            b = {k: v.to(ctx.device) for k, v in b.items()}
             for g in opt.param_groups:  # cosine decay
                 g["lr"] = cfg["learning_rate"] * 0.5 * (1 + math.cos(math.pi * (epoch * len(loader) + i) / total))
             pred, residual = model.rollout(b["physics"], b["fields"], b["condition"], horizon)
@@ -333,9 +349,15 @@ def train_forecast(store: str | Path, out: str | Path, *, kind: str = "hybrid", 
                 loss = loss + cfg["residual_weight"] * model.increment_scale(residual.flatten(0, 1)).square().mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if ctx.distributed:  # average the gradients: every rank then takes the same step
+                for q in model.parameters():
+                    if q.grad is not None:
+                        torch.distributed.all_reduce(q.grad)
+                        q.grad /= ctx.world
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
             opt.step()
             run, n = run + float(loss.detach()), n + 1
+        # every rank holds the same weights, so every rank reaches the same validation error and keeps the same best
         val = rollout_errors(model, data["validation"], horizon)["relative_error"][str(horizon)]["all"]
         history.append({"epoch": epoch + 1, "train_loss": run / max(n, 1), "validation_error": val})
         if val < best:
@@ -343,8 +365,9 @@ def train_forecast(store: str | Path, out: str | Path, *, kind: str = "hybrid", 
         say(f"forecast epoch {epoch + 1}/{cfg['epochs']}: train loss {run / max(n, 1):.4f}, validation relative "
             f"error at the horizon {val:.4f}{' *' if val == best else ''}")
     model.load_state_dict(best_state)
-    from .train import training_domain
-
+    if ctx.rank != 0:  # rank 0 calibrates and writes the model
+        ctx.barrier()
+        return {}
     calibration = forecast_calibration(model, data["validation"], cfg["trust_tolerance"])
     domain = training_domain(str(store), data["train"].samples,
                              maps=(data["train"][k]["fields"].numpy() for k in range(len(data["train"]))))
@@ -358,11 +381,13 @@ def train_forecast(store: str | Path, out: str | Path, *, kind: str = "hybrid", 
             "calibration": calibration, "training_domain": domain,
             "history": history, "train_seconds": time.perf_counter() - t0, "versions": checkpoint.versions(),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat()}
-    checkpoint.save(out / "forecast.pt", {"model": meta["model"], "state_dict": model.state_dict(), "kind": kind,
-                                          "config": cfg,
+    meta["processes"], meta["device"] = ctx.world, ctx.device.type
+    state = {k: v.cpu() for k, v in model.state_dict().items()}
+    checkpoint.save(out / "forecast.pt", {"model": meta["model"], "state_dict": state, "kind": kind, "config": cfg,
                                           "horizon": horizon, "store": info.signature()})
     (out / "model.json").write_text(json.dumps(meta, indent=1))
     say(f"forecast: done in {meta['train_seconds']:.0f} s; model in {out}/")
+    ctx.barrier()
     return meta
 
 
@@ -405,11 +430,13 @@ def rollout_errors(model: Forecaster | None, dataset: TrajectoryDataset, horizon
     """
     steps = steps or (dataset.info.n_steps - 1)
     loader = torch.utils.data.DataLoader(dataset, batch_size=16, collate_fn=_collate)
-    num = torch.zeros(steps + 1, len(GROUPS), dtype=torch.float64)
+    device = next(model.parameters()).device if model is not None else torch.device("cpu")
+    num = torch.zeros(steps + 1, len(GROUPS), dtype=torch.float64, device=device)
     den = torch.zeros_like(num)
-    res_num = torch.zeros(steps + 1, dtype=torch.float64)
+    res_num = torch.zeros(steps + 1, dtype=torch.float64, device=device)
     res_den = torch.zeros_like(res_num)
     for b in loader:
+        b = {k: v.to(device) for k, v in b.items()}
         truth = b["truth"][:, : steps + 1].double()
         if model is None:
             pred = b["physics"][:, : steps + 1].double()
@@ -444,10 +471,12 @@ def forecast_calibration(model: Forecaster, dataset: TrajectoryDataset, toleranc
     from .uncertainty import tolerance_band, von_mises
 
     steps = dataset.info.n_steps - 1
-    hits = torch.zeros(steps + 1, dtype=torch.float64)
+    device = next(model.parameters()).device
+    hits = torch.zeros(steps + 1, dtype=torch.float64, device=device)
     voxels = 0
     model.eval()
     for b in torch.utils.data.DataLoader(dataset, batch_size=16, collate_fn=_collate):
+        b = {k: v.to(device) for k, v in b.items()}
         pred, _ = model.rollout(b["physics"], b["fields"], b["condition"], steps)
         sl = features.TARGETS["stress"]
         vm_pred = von_mises(pred[:, :, sl].double(), dim=2)  # states are in physical units

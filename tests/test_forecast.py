@@ -211,6 +211,38 @@ def test_couple_forecast_falls_back_to_the_solver_out_of_domain(stores, run_cli,
     assert list((tmp_path / "ood" / "solver").glob("*.zarr"))
 
 
+@pytest.mark.skip_in_parallel
+def test_forecast_training_under_torchrun_two_cpu_processes(stores, tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    if torchrun is None:
+        pytest.skip("torchrun not installed")
+    cfg = tmp_path / "fc.yaml"
+    cfg.write_text(yaml.safe_dump(SMALL))
+    r = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", "-m", "coupling.cli", "train",
+                        "--forecast", "hybrid", "--store", str(stores / "cp.zarr"), "--physics",
+                        str(stores / "elastic.zarr"), "--out", str(tmp_path / "ddp"), "--config", str(cfg)],
+                       capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                       cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert r.returncode == 0, r.stderr[-2000:]
+    meta = json.loads((tmp_path / "ddp" / "model.json").read_text())
+    assert meta["processes"] == 2 and meta["calibration"]["validated_steps"] == 4
+    assert r.stdout.count("forecast epoch 2/2") == 1  # rank 0 alone logs
+    from surrogate.forecast import TrajectoryDataset, load_forecaster, rollout_errors
+
+    model, _ = load_forecaster(tmp_path / "ddp")  # plain weights, loadable in one process
+    ds = TrajectoryDataset(stores / "cp.zarr", meta["splits"]["validation"], stores / "elastic.zarr")
+    # the validation error it recorded is the one its saved weights give
+    best = min(h["validation_error"] for h in meta["history"])
+    assert rollout_errors(model, ds, 2)["relative_error"]["2"]["all"] == pytest.approx(best, rel=1e-5)
+
+
 def _fields(path):
     import zarr
 
