@@ -52,7 +52,7 @@ def run_forecast(comm, model: str, microstructure: str, load_text: str, out: str
                                     meta["store"]["lattice"], material_stiffness(dict(meta["store"]["material"])))
     # the trust depends on the model's validation, the load and the map only: known before any solve
     trust = forecast_trust(meta, steps, load["mode"], load["strain"], features.microstructure_summary(inputs["fields"]))
-    fallback = trust["trust"] < trust_threshold
+    fallback = comm.bcast(trust["trust"] < trust_threshold, root=0)  # one decision for all ranks
     out = pathlib.Path(out)
     say = print if (comm.rank == 0 and not quiet) else (lambda *a, **k: None)
     material = dict(meta["store"]["material"])

@@ -112,6 +112,10 @@ def forecast_config(cfg: Mapping[str, Any] | None = None, **overrides) -> dict[s
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
             raise ConfigError(f"forecast config: {key} must be a non-negative number, got {v!r}")
         out[key] = float(v)
+    t = out["trust_tolerance"]
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+        raise ConfigError(f"forecast config: trust_tolerance must be a positive number (a relative error), got {t!r}")
+    out["trust_tolerance"] = float(t)
     h = out["horizon"]
     if h is not None and (isinstance(h, bool) or not isinstance(h, int) or h < 1):
         raise ConfigError(f"forecast config: horizon must be a positive integer, got {h!r}")
@@ -307,9 +311,13 @@ def train_forecast(store: str | Path, out: str | Path, *, kind: str = "hybrid", 
     if physics is not None:
         status = _store.sample_status(_store.open_store(physics, "r"))
         splits = {k: [i for i in v if i < status.size and status[i] == _store.DONE] for k, v in splits.items()}
+    for name in ("train", "validation"):  # validation picks the best epoch and calibrates the trust
+        if not splits[name]:
+            raise ConfigError(f"forecast: the {name} split of {store} is empty (too few samples done"
+                              + (" in both stores" if physics is not None else "") + "; see split in the config)")
     data = {k: TrajectoryDataset(store, splits[k], physics if kind == "hybrid" else None) for k in ("train", "validation")}
     physics_kind = physics_partner(info, store_info(physics)) if physics is not None else None
-    from .train import Context, training_domain
+    from .train import Context
 
     ctx = Context()  # torchrun: data-parallel over the training trajectories; else one process
     say = (lambda *a: None) if quiet else ctx.say
@@ -365,11 +373,28 @@ def train_forecast(store: str | Path, out: str | Path, *, kind: str = "hybrid", 
         say(f"forecast epoch {epoch + 1}/{cfg['epochs']}: train loss {run / max(n, 1):.4f}, validation relative "
             f"error at the horizon {val:.4f}{' *' if val == best else ''}")
     model.load_state_dict(best_state)
-    if ctx.rank != 0:  # rank 0 calibrates and writes the model
-        ctx.barrier()
+    if ctx.rank != 0:  # rank 0 calibrates and writes the model; the others learn whether it could
+        failure = ctx.from_rank0(None)
+        if failure:
+            raise ModelError(f"forecast: rank 0 failed to write the model: {failure}")
         return {}
+    try:
+        meta = _finish_forecast(model, data, cfg, kind, horizon, info, physics, physics_kind, splits, history, out,
+                                t0, ctx, say)
+    except Exception as exc:
+        ctx.from_rank0(f"{type(exc).__name__}: {exc}")
+        raise
+    ctx.from_rank0("")
+    return meta
+
+
+def _finish_forecast(model, data, cfg, kind, horizon, info, physics, physics_kind, splits, history, out, t0, ctx,
+                     say) -> dict[str, Any]:
+    """Rank 0's end of :func:`train_forecast`: calibration, training domain, ``forecast.pt`` and ``model.json``."""
+    from .train import training_domain
+
     calibration = forecast_calibration(model, data["validation"], cfg["trust_tolerance"])
-    domain = training_domain(str(store), data["train"].samples,
+    domain = training_domain(str(info.path), data["train"].samples,
                              maps=(data["train"][k]["fields"].numpy() for k in range(len(data["train"]))))
     say(f"forecast: validation hit rate (von Mises within {100 * cfg['trust_tolerance']:g} %) "
         + ", ".join(f"{v:.2f}" for v in calibration["hit_rate"].values()) + " per step")
@@ -387,7 +412,6 @@ def train_forecast(store: str | Path, out: str | Path, *, kind: str = "hybrid", 
                                           "horizon": horizon, "store": info.signature()})
     (out / "model.json").write_text(json.dumps(meta, indent=1))
     say(f"forecast: done in {meta['train_seconds']:.0f} s; model in {out}/")
-    ctx.barrier()
     return meta
 
 
@@ -504,12 +528,21 @@ def forecast_trust(meta: Mapping[str, Any], steps: int, mode: str, strain: float
         raise ModelError("this forecast has no calibration (model.json lacks 'calibration'); retrain it, or run "
                          "surrogate.forecast.calibrate_forecast(MODEL, STORE, PHYSICS)")
     validated = int(cal["validated_steps"])
-    hit = float(cal["hit_rate"][str(min(steps, validated))])
-    factor, reason = domain_factor(meta.get("training_domain", {}), mode, strain, summary)
+    rates = [float(cal["hit_rate"][str(n)]) for n in range(1, validated + 1)]
+    hit = rates[steps - 1] if steps <= validated else min(rates)
+    domain = meta.get("training_domain", {})
+    factor, reason = domain_factor(domain, mode, strain, summary)
+    reasons = [reason] if reason else []
     if steps > validated:
-        reason = "; ".join(r for r in (reason, f"{steps} steps, validated up to {validated}: the trust is that of "
-                                               f"step {validated}") if r)
-    return {"trust": hit * factor, "hit_rate": hit, "domain_factor": factor, "reason": reason}
+        reasons.append(f"{steps} steps, validated up to {validated}: the trust is the lowest validated step's")
+    if domain.get("strain_max"):
+        # the network sees the strain increment per step: one larger than any trained is out of its domain too
+        top, increment = float(domain["strain_max"]) / validated, strain / steps
+        if increment > top:
+            f = max(0.0, 1.0 - (increment - top) / (0.25 * top))
+            reasons.append(f"strain increment {increment:.3g} per step beyond the largest trained {top:.3g}")
+            factor = min(factor, f)
+    return {"trust": hit * factor, "hit_rate": hit, "domain_factor": factor, "reason": "; ".join(reasons)}
 
 
 def calibrate_forecast(model_dir: str | Path, store: str | Path, physics: str | Path | None = None,
@@ -519,6 +552,14 @@ def calibrate_forecast(model_dir: str | Path, store: str | Path, physics: str | 
     if meta["kind"] == "hybrid" and physics is None:
         raise ConfigError("a hybrid forecast is calibrated with its physics partner store (physics=)")
     partner = physics if meta["kind"] == "hybrid" else None
+    info = store_info(store)
+    if info.fingerprint != meta["store"].get("fingerprint"):
+        raise StoreError(f"{store} is not the store {model_dir} was trained on (its splits index that store)")
+    if partner is not None:
+        kind = physics_partner(info, store_info(partner))
+        if kind != (meta.get("physics_constitutive") or "elastic"):
+            raise StoreError(f"{partner}: solved with {kind}, but {model_dir} was trained on "
+                             f"{meta.get('physics_constitutive') or 'elastic'}")
     tolerance = float(tolerance if tolerance is not None else meta["config"].get("trust_tolerance",
                                                                                  DEFAULTS["trust_tolerance"]))
     validation = TrajectoryDataset(store, meta["splits"]["validation"], partner)

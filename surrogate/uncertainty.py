@@ -156,7 +156,7 @@ def domain_factor(domain: Mapping[str, Any], mode: str, strain: float, summary=N
     if ms is not None and summary is not None:
         d = np.asarray(summary, dtype=float) - np.asarray(ms["mean"])
         distance = float(np.sqrt(max(d @ np.asarray(ms["inverse_covariance"]) @ d, 0.0)))
-        radius = float(ms["radius"])
+        radius = max(float(ms["radius"]), 1e-12)  # one training map (or identical ones): a point, not a ball
         if distance > radius:
             factors.append((max(0.0, 2.0 - distance / radius),
                             f"the map is unlike the training maps (texture/grain-size distance {distance:.1f}, "

@@ -187,16 +187,33 @@ def test_the_forecast_trust_is_the_validation_hit_rate_times_the_domain_factor(s
     # inside the domain the trust is the hit rate; beyond the validated steps it is that of the last one, and says so
     domain = meta["training_domain"]
     mode, strain = domain["modes"][0], domain["strain_min"]
-    t = forecast_trust(meta, 2, mode, strain)
-    assert t["trust"] == pytest.approx(cal["hit_rate"]["2"]) and t["domain_factor"] == 1.0 and t["reason"] == ""
+    t = forecast_trust(meta, 4, mode, strain)
+    assert t["trust"] == pytest.approx(cal["hit_rate"]["4"]) and t["domain_factor"] == 1.0 and t["reason"] == ""
+    # more steps than validated: the lowest validated hit rate, and the summary says so
     t = forecast_trust(meta, 8, mode, strain)
-    assert t["trust"] == pytest.approx(cal["hit_rate"]["4"]) and "validated up to 4" in t["reason"]
+    assert t["trust"] == pytest.approx(min(cal["hit_rate"].values())) and "validated up to 4" in t["reason"]
+    # the whole trained strain in one step: an increment 4x the largest trained, outside the domain
+    t = forecast_trust(meta, 1, mode, domain["strain_max"])
+    assert t["trust"] == 0.0 and "strain increment" in t["reason"]
     # a load far outside training: the domain factor drops to 0
     t = forecast_trust(meta, 4, mode, 10 * domain["strain_max"])
     assert t["trust"] == 0.0 and "beyond the largest trained" in t["reason"]
     assert forecast_trust(meta, 4, "compression", strain)["trust"] == 0.0  # a mode never trained
     with pytest.raises(ModelError, match="no calibration"):
         forecast_trust({}, 4, mode, strain)
+
+
+@pytest.mark.skip_in_parallel
+def test_forecast_calibration_and_config_refuse_what_does_not_fit(stores):
+    from surrogate.forecast import calibrate_forecast, forecast_config
+
+    with pytest.raises(StoreError, match="trained on frozen_hardening"):
+        calibrate_forecast(stores / "hybrid_frozen", stores / "cp.zarr", stores / "elastic.zarr")
+    with pytest.raises(StoreError, match="not the store"):
+        calibrate_forecast(stores / "neural", stores / "elastic.zarr")
+    for bad in ("5%", -1, 0, float("nan"), True):
+        with pytest.raises(ConfigError, match="trust_tolerance"):
+            forecast_config({"trust_tolerance": bad})
 
 
 @pytest.mark.skip_in_parallel
