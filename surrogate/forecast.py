@@ -38,9 +38,10 @@ their steps (2x the horizon for the default campaign) and, per step, the share
 of voxels whose von Mises stress is within ``trust_tolerance`` of the solver's
 (:func:`surrogate.uncertainty.tolerance_band`, the surrogate's hit) is stored
 (``model.json`` -> ``calibration.hit_rate``). A forecast's trust is the hit
-rate at its step count (the last validated one beyond it) times the domain
+rate at its step count (the lowest validated one beyond them) times the domain
 factor of the load and map (:func:`surrogate.uncertainty.domain_factor`, from
-the training samples: ``training_domain``). The members of one model give no
+the training samples: ``training_domain``; the strain increment per step is
+checked against the largest trained one as well). The members of one model give no
 spread, so the trust is the same for every voxel.
 
 Networks are :class:`surrogate.models.FNO2d` (periodic, resolution-agnostic);
