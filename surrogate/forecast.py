@@ -389,14 +389,19 @@ def train_forecast(store: str | Path, out: str | Path, *, kind: str = "hybrid", 
     return meta
 
 
+def _training_domain(dataset: TrajectoryDataset) -> dict[str, Any]:
+    """:func:`surrogate.train.training_domain` of a trajectory set, from the maps it has decoded already."""
+    from .train import training_domain
+
+    return training_domain(dataset.path, dataset.samples,
+                           maps=(dataset[k]["fields"].numpy() for k in range(len(dataset))))
+
+
 def _finish_forecast(model, data, cfg, kind, horizon, info, physics, physics_kind, splits, history, out, t0, ctx,
                      say) -> dict[str, Any]:
     """Rank 0's end of :func:`train_forecast`: calibration, training domain, ``forecast.pt`` and ``model.json``."""
-    from .train import training_domain
-
     calibration = forecast_calibration(model, data["validation"], cfg["trust_tolerance"])
-    domain = training_domain(str(info.path), data["train"].samples,
-                             maps=(data["train"][k]["fields"].numpy() for k in range(len(data["train"]))))
+    domain = _training_domain(data["train"])
     say(f"forecast: validation hit rate (von Mises within {100 * cfg['trust_tolerance']:g} %) "
         + ", ".join(f"{v:.2f}" for v in calibration["hit_rate"].values()) + " per step")
     out.mkdir(parents=True, exist_ok=True)
@@ -522,7 +527,7 @@ def forecast_trust(meta: Mapping[str, Any], steps: int, mode: str, strain: float
     Raises:
         ModelError: a model trained before forecasts had a trust (no calibration).
     """
-    from .uncertainty import domain_factor
+    from .uncertainty import beyond_largest, domain_factor
 
     cal = meta.get("calibration")
     if not cal:
@@ -540,9 +545,8 @@ def forecast_trust(meta: Mapping[str, Any], steps: int, mode: str, strain: float
         # the network sees the strain increment per step: one larger than any trained is out of its domain too
         top, increment = float(domain["strain_max"]) / validated, strain / steps
         if increment > top:
-            f = max(0.0, 1.0 - (increment - top) / (0.25 * top))
             reasons.append(f"strain increment {increment:.3g} per step beyond the largest trained {top:.3g}")
-            factor = min(factor, f)
+            factor = min(factor, beyond_largest(increment, top))
     return {"trust": hit * factor, "hit_rate": hit, "domain_factor": factor, "reason": "; ".join(reasons)}
 
 
@@ -567,9 +571,6 @@ def calibrate_forecast(model_dir: str | Path, store: str | Path, physics: str | 
     train = TrajectoryDataset(store, meta["splits"]["train"], partner)
     meta["config"]["trust_tolerance"] = tolerance
     meta["calibration"] = forecast_calibration(model, validation, tolerance)
-    from .train import training_domain
-
-    meta["training_domain"] = training_domain(str(store), train.samples,
-                                              maps=(train[k]["fields"].numpy() for k in range(len(train))))
+    meta["training_domain"] = _training_domain(train)
     (Path(model_dir) / "model.json").write_text(json.dumps(meta, indent=1))
     return meta

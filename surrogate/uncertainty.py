@@ -134,6 +134,11 @@ def trust_score(vm: torch.Tensor, vm_spread: torch.Tensor, scale: float, toleran
     return torch.erf(tau / (math.sqrt(2.0) * sigma))
 
 
+def beyond_largest(value: float, largest: float) -> float:
+    """Domain factor of a load quantity above the largest trained: 1 at it, 0 at 25 % beyond, linear between."""
+    return max(0.0, 1.0 - (value - largest) / (0.25 * largest))
+
+
 def domain_factor(domain: Mapping[str, Any], mode: str, strain: float, summary=None) -> tuple[float, str]:
     """1 inside the training domain; falls linearly to 0 beyond it (see the module docstring).
 
@@ -150,7 +155,7 @@ def domain_factor(domain: Mapping[str, Any], mode: str, strain: float, summary=N
     factors = [(1.0, "")]
     top = float(domain["strain_max"])
     if strain > top:
-        factors.append((max(0.0, 1.0 - (strain - top) / (0.25 * top)),
+        factors.append((beyond_largest(strain, top),
                         f"applied strain {strain:.4g} beyond the largest trained {top:.4g}"))
     ms = domain.get("microstructure")
     if ms is not None and summary is not None:

@@ -292,16 +292,21 @@ class _GaussianEnsemble:
                 "von_mises_spread": vm_spread}
 
 
-def test_calibration_recovers_a_known_spread_factor():
-    from surrogate.uncertainty import calibrate
-
+def _calibration_batches(n: int) -> list[dict]:
+    """``n`` validation batches whose targets are random fields (stress 11 offset to keep von Mises away from 0)."""
     torch.manual_seed(0)
     batches = []
-    for _ in range(8):
+    for _ in range(n):
         t = torch.randn(4, 16, 16, 16, dtype=torch.float64) * 5.0
         t[:, 0] += 1000.0
         batches.append({"fields": t, "condition": None, "schmid": None, "target": t})
-    cal = calibrate(_GaussianEnsemble(), batches, tolerance=0.05)
+    return batches
+
+
+def test_calibration_recovers_a_known_spread_factor():
+    from surrogate.uncertainty import calibrate
+
+    cal = calibrate(_GaussianEnsemble(), _calibration_batches(8), tolerance=0.05)
     for group in ("stress", "strain", "rotation", "slip"):
         assert cal["scale"][group] == pytest.approx(2.0, rel=0.03)
         assert cal["coverage"][group]["0.9"] == pytest.approx(0.9, abs=0.01)
@@ -323,12 +328,7 @@ class _AgreeingEnsemble(_GaussianEnsemble):
 def test_a_spread_that_says_nothing_gives_the_validation_hit_rate_as_trust():
     from surrogate.uncertainty import Ensemble, calibrate
 
-    torch.manual_seed(0)
-    batches = []
-    for _ in range(4):
-        t = torch.randn(4, 16, 16, 16, dtype=torch.float64) * 5.0
-        t[:, 0] += 1000.0
-        batches.append({"fields": t, "condition": None, "schmid": None, "target": t})
+    batches = _calibration_batches(4)
     cal = calibrate(_AgreeingEnsemble(), batches, tolerance=0.05)
     rate = cal["constant_trust"]
     assert rate is not None and 0.1 < rate < 0.99
