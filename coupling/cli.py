@@ -57,7 +57,8 @@ def cmd_campaign(args) -> int:
     comm = _comm()
     try:
         run_campaign(comm, args.config, args.store, ranks_per_sample=args.ranks_per_sample, extend=args.extend,
-                     quiet=args.quiet, coarsen=args.coarsen, constitutive=args.constitutive)
+                     quiet=args.quiet, coarsen=args.coarsen, constitutive=args.constitutive,
+                     correct_in_loop=args.correct_in_loop)
     except SlipstreamError:
         raise
     except BaseException:
@@ -118,6 +119,27 @@ def cmd_train(args) -> int:
         from solver.errors import ConfigError
 
         raise ConfigError("--store is required (the campaign to learn from)")
+    if args.in_loop:
+        from solver.errors import ConfigError
+        from surrogate.inloop import MAKE, train_state_correction
+
+        if args.forecast or args.resume or args.physics:
+            raise ConfigError("--in-loop trains a state correction: --forecast, --physics and --resume do not apply")
+        if not args.coarse:
+            raise ConfigError(f"--in-loop needs --coarse (the coarse partner, then any DAgger stores): {MAKE}")
+        cfg = {}
+        if args.config:
+            from solver.config import load_yaml
+
+            cfg = load_yaml(args.config)
+        cfg.update({k: v for k, v in {"epochs": args.epochs, "seed": args.seed}.items() if v is not None})
+        train_state_correction(args.store, args.coarse, args.out, config=cfg, quiet=args.quiet)
+        return 0
+    if args.coarse and len(args.coarse) > 1:
+        from solver.errors import ConfigError
+
+        raise ConfigError("--coarse is given more than once; only --in-loop trains on several coarse stores")
+    args.coarse = args.coarse[0] if args.coarse else None
     if args.forecast:
         from solver.errors import ConfigError
         from surrogate.forecast import train_forecast
@@ -153,7 +175,7 @@ def cmd_couple_correct(args) -> int:
     from coupling.correct import run_correct
 
     run_correct(_comm(), args.model, args.microstructure, args.load, args.out, verify=args.verify,
-                trust_threshold=args.trust_threshold, steps=args.steps, quiet=args.quiet)
+                trust_threshold=args.trust_threshold, steps=args.steps, quiet=args.quiet, in_loop=args.in_loop)
     return 0
 
 
@@ -210,6 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="overrides solver.constitutive: 'elastic' (the elastic limit alone) or 'frozen_hardening' "
                         "(crystal plasticity with h0 = 0) solves the same samples with an incomplete physics: the "
                         "partner of a hybrid forecast, docs/coupling.md")
+    c.add_argument("--correct-in-loop", metavar="MODEL",
+                   help="with --coarsen K: hand the coarse solve's state corrected by MODEL (slipstream train "
+                        "--in-loop) back to it at every output step; the store is the next DAgger round's training "
+                        "data (docs/coupling.md)")
     c.add_argument("--quiet", action="store_true", help="no per-sample progress lines")
     c.set_defaults(func=cmd_campaign)
 
@@ -223,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     cc.add_argument("--out", required=True, help="output directory")
     cc.add_argument("--steps", type=int, default=10, help="load increments (= output steps; default 10)")
     cc.add_argument("--verify", action="store_true", help="also solve the fine grid and report the errors")
+    cc.add_argument("--in-loop", metavar="STATE_MODEL",
+                    help="in-loop mode: correct the coarse solve's plastic deformation and slip resistance with "
+                         "STATE_MODEL (train --in-loop) at every step and go on from the corrected state")
     cc.add_argument("--trust-threshold", type=float, default=0.5,
                     help="below this trust the fine solve answers (default 0.5)")
     cc.add_argument("--quiet", action="store_true", help="no solver progress lines")
@@ -259,8 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--physics", metavar="STORE",
                    help="the store's physics partner (campaign --constitutive elastic or frozen_hardening), "
                         "for --forecast hybrid")
-    t.add_argument("--coarse", metavar="STORE",
-                   help="the store's coarse partner (campaign --coarsen K): train a low-resolution correction")
+    t.add_argument("--coarse", metavar="STORE", action="append",
+                   help="the store's coarse partner (campaign --coarsen K): train a low-resolution correction; "
+                        "with --in-loop, repeat it for the DAgger stores (campaign --coarsen K --correct-in-loop M)")
+    t.add_argument("--in-loop", action="store_true",
+                   help="train an in-loop state correction (plastic deformation and slip resistance of the coarse "
+                        "solve, handed back to it; solver: {correction_in_loop: DIR}) from --store and --coarse")
     t.add_argument("--resume", action="store_true", help="continue the run in --out (same config and store)")
     t.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     t.set_defaults(func=cmd_train)

@@ -18,8 +18,12 @@
 * When the trust score is below ``--trust-threshold``, the fine solve answers,
   and the summary says so.
 
-This is the post-processing mode: the corrected fields are not handed back to
-the coarse solve (docs/coupling.md says what the in-loop mode would need).
+* ``--in-loop STATE_MODEL`` adds the in-loop mode: at every output step an
+  in-loop state correction (``slipstream train --in-loop``,
+  :mod:`surrogate.inloop`) corrects the coarse solve's plastic deformation and
+  slip resistance, and the solve goes on from the corrected state; MODEL then
+  brings the fields of that solve to the fine grid. Without it, the corrected
+  fields are not handed back (the post-processing mode).
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ from .whatif import _solve, _write_zarr, answer_location, answer_note, check_stu
 
 
 def run_correct(comm, model: str, microstructure: str, load_text: str, out: str, *, verify: bool = False,
-                trust_threshold: float = 0.5, steps: int = 10, quiet: bool = False) -> dict[str, Any]:
+                trust_threshold: float = 0.5, steps: int = 10, quiet: bool = False,
+                in_loop: str | None = None) -> dict[str, Any]:
     """The corrected coarse solve (module docstring). Collective; rank 0 returns the summary.
 
     Raises:
@@ -67,10 +72,11 @@ def run_correct(comm, model: str, microstructure: str, load_text: str, out: str,
     material = dict(ensemble.meta["store"]["material"])
     euler, grain_id = ms.euler[0], ms.grain_id[0]
     say(f"couple correct: {ms.source or microstructure} ({grain_id.shape[1]} x {grain_id.shape[0]}) solved "
-        f"{factor}x coarser ({coarse_ms.cells[0]} x {coarse_ms.cells[1]}), {load_text}", flush=True)
+        f"{factor}x coarser ({coarse_ms.cells[0]} x {coarse_ms.cells[1]}), {load_text}"
+        + (f", state corrected in the loop by {in_loop}" if in_loop else ""), flush=True)
 
     t0 = time.perf_counter()
-    coarse_run = _solve(comm, ms, load, steps, out / "coarse", material, quiet, coarsen=factor)
+    coarse_run = _solve(comm, ms, load, steps, out / "coarse", material, quiet, coarsen=factor, in_loop=in_loop)
     coarse_seconds = time.perf_counter() - t0
     decision = None
     if comm.rank == 0:
@@ -94,6 +100,7 @@ def run_correct(comm, model: str, microstructure: str, load_text: str, out: str,
 
     summary: dict[str, Any] = {
         "model": str(model), "microstructure": str(microstructure), "load": load, "factor": factor,
+        "in_loop": str(in_loop) if in_loop else None,
         "answer_from": "fine solve (fallback)" if fallback else "corrected coarse solve",
         "trust": pred["sample_trust"], "trust_threshold": trust_threshold, "domain_factor": pred["domain_factor"],
         "domain_reason": pred["domain_reason"], "coarse_solve_seconds": pred["coarse_solve_seconds"],

@@ -143,11 +143,12 @@ def _write_zarr(path: pathlib.Path, pred: dict, meta: dict) -> None:
 
 
 def _solve(comm, ms, load: dict, steps: int, out: pathlib.Path, material: dict, quiet: bool,
-           coarsen: int = 1, constitutive: str = "crystal_plasticity") -> dict:
+           coarsen: int = 1, constitutive: str = "crystal_plasticity", in_loop: str | None = None) -> dict:
     """Run the solver on the map (periodic cell), into ``out``; returns the summary (rank 0).
 
     ``coarsen``: solve on a grid that many times coarser (the coarse solve of a correction);
-    ``constitutive``: ``elastic`` or ``frozen_hardening`` for the incomplete physics of a hybrid forecast. The map is
+    ``constitutive``: ``elastic`` or ``frozen_hardening`` for the incomplete physics of a hybrid forecast;
+    ``in_loop``: an in-loop state correction that corrects the coarse solve's state at every step. The map is
     written beside ``out`` (``out/../microstructure.npz``), so that the runs of one study
     (fine, coarse, physics) name the same file and their stores pair up.
     """
@@ -161,12 +162,14 @@ def _solve(comm, ms, load: dict, steps: int, out: pathlib.Path, material: dict, 
     if comm.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         write_microstructure(grid, ms)
-        cfg = {"microstructure": {"kind": "grid", "file": str(grid), **({"coarsen": coarsen} if coarsen > 1 else {})},
+        cfg = {"microstructure": {"kind": "grid", "file": str(grid.resolve()), **({"coarsen": coarsen} if coarsen > 1 else {})},
                "material": {k: v for k, v in material.items() if k not in ("units",)},
                "boundary": "periodic",
                "loading": {"mode": load["mode"], "direction": load["direction"], "strain": load["strain"],
                            "rate": load.get("rate", 1.0e-3), "increments": steps},
-               "output": {"every": 1}, "solver": {"constitutive": constitutive}}
+               "output": {"every": 1}, "solver": {"constitutive": constitutive,
+                                                   **({"correction_in_loop": str(pathlib.Path(in_loop).resolve())}
+                                                      if in_loop else {})}}
         cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     comm.Barrier()
     return run_simulation(comm, cfg_path, out, overwrite=True, quiet=quiet)

@@ -421,7 +421,8 @@ def parse_campaign(cfg: dict, base_dir: pathlib.Path | str = ".") -> CampaignSpe
     return spec
 
 
-def load_campaign(path, coarsen: int | None = None, constitutive: str | None = None) -> CampaignSpec:
+def load_campaign(path, coarsen: int | None = None, constitutive: str | None = None,
+                  correct_in_loop: str | None = None) -> CampaignSpec:
     """Read and check a campaign YAML file (see :func:`parse_campaign`).
 
     Args:
@@ -431,12 +432,17 @@ def load_campaign(path, coarsen: int | None = None, constitutive: str | None = N
         constitutive: overrides ``solver.constitutive`` (``elastic`` or
             ``frozen_hardening``: the same samples with an incomplete physics,
             the physics partner of a hybrid forecast).
+        correct_in_loop: sets ``solver.correction_in_loop`` (an in-loop state
+            correction, with ``coarsen``: the DAgger store of its next training round).
     """
     from .config import load_yaml
 
     path = pathlib.Path(path)
     cfg = load_yaml(path)
-    for section, key, value in (("microstructure", "coarsen", coarsen), ("solver", "constitutive", constitutive)):
+    if correct_in_loop is not None:
+        correct_in_loop = str(pathlib.Path(correct_in_loop).resolve())
+    for section, key, value in (("microstructure", "coarsen", coarsen), ("solver", "constitutive", constitutive),
+                                ("solver", "correction_in_loop", correct_in_loop)):
         if value is not None:
             cfg = copy.deepcopy(cfg)
             if cfg.get(section) is None:
@@ -550,7 +556,7 @@ def open_or_create_store(spec: CampaignSpec, path, *, extend: bool = False):
     path = pathlib.Path(path)
     create_kw = dict(n_samples=spec.samples, grid_shape=spec.grid_shape, n_steps=spec.n_steps,
                      n_slip=spec.n_slip, config=spec.config, material=spec.store_material(),
-                     lattice=spec.lattice, with_nye=True)
+                     lattice=spec.lattice, with_nye=True, with_plastic_deformation=True)
     empty_dir = path.is_dir() and not any(path.iterdir())
     if not (path.exists() or path.is_symlink()) or empty_dir:
         try:
@@ -696,7 +702,7 @@ def _solve_one(gcomm, spec: CampaignSpec, index: int, group, world_ranks: str) -
         if bad:
             reason = f"non-finite values in {', '.join(bad)}"
     if reason is None:
-        store.write_sample(group, index, fields)
+        store.write_sample(group, index, store.stored_fields(group, fields))
         store.mark_done(group, index)
         return {"index": index, "ok": True, "wall": time.perf_counter() - t0, "increments": int(fields["increments"]),
                 "newton": int(fields["newton_iterations"]), "cutbacks": int(fields["cutbacks"]),
@@ -717,7 +723,7 @@ def _raise_shared(comm, error) -> None:
 
 def run_campaign(comm, config_path, store_path, *, ranks_per_sample: int = 1, extend: bool = False,
                  quiet: bool = False, stream=None, coarsen: int | None = None,
-                 constitutive: str | None = None) -> dict:
+                 constitutive: str | None = None, correct_in_loop: str | None = None) -> dict:
     """``slipstream campaign``: solve every sample that is not done into one store.
 
     Collective over ``comm`` (usually ``COMM_WORLD``). Everything is checked
@@ -733,6 +739,7 @@ def run_campaign(comm, config_path, store_path, *, ranks_per_sample: int = 1, ex
         stream: where rank 0 prints (default stdout).
         coarsen: overrides ``microstructure.coarsen`` of the config.
         constitutive: overrides ``solver.constitutive`` of the config.
+        correct_in_loop: sets ``solver.correction_in_loop`` (a DAgger store, docs/coupling.md).
 
     Returns:
         On rank 0: ``store``, ``action``, ``total``, ``done``, ``failed``,
@@ -744,7 +751,7 @@ def run_campaign(comm, config_path, store_path, *, ranks_per_sample: int = 1, ex
     """
     stream = stream or sys.stdout
     t0 = time.perf_counter()
-    spec = load_campaign(config_path, coarsen, constitutive)  # every rank: the same config gives the same verdict
+    spec = load_campaign(config_path, coarsen, constitutive, correct_in_loop)  # every rank: the same config gives the same verdict
     k = ranks_per_sample
     if not _is_int(k) or k < 1:
         raise ConfigError(f"--ranks-per-sample must be a positive integer, got {k!r}")

@@ -28,7 +28,7 @@ from .errors import ConfigError, InputFileError
 SECTIONS = ("microstructure", "material", "boundary", "loading", "output", "solver")
 OUTPUT_KEYS = {"every": 1, "paraview": True, "plots": True}
 SOLVER_KEYS = {"stress_tolerance": 1.0, "max_cutbacks": 8, "petsc_options": {}, "constitutive": "crystal_plasticity",
-               "learned_model": None}
+               "learned_model": None, "correction_in_loop": None}
 #: Constitutive kernels a run may use: the material's crystal plasticity; its elastic limit alone
 #: (:class:`solver.elastic.AnisotropicElasticity`); its crystal plasticity with the hardening frozen
 #: (``h_0 = 0``: the slip resistance stays at ``xi_0``) -- these two are the "incomplete physics" of hybrid
@@ -91,6 +91,19 @@ class SimulationSetup:
     output: dict
     solver: dict
     grips: str = "clamped"
+    #: the map before ``microstructure.coarsen`` (set when ``solver.correction_in_loop`` needs it)
+    fine_microstructure: object = None
+
+
+def _model_dir(value, key: str, base_dir, make: str) -> str:
+    """A trained model directory named by ``solver.<key>``, resolved against ``base_dir``."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"solver.{key} must be a model directory ({make})")
+    path = pathlib.Path(value)
+    path = path if path.is_absolute() else pathlib.Path(base_dir) / path
+    if not (path / "model.json").is_file():
+        raise ConfigError(f"solver.{key}: {path} is not a trained model directory (no model.json)")
+    return str(path)
 
 
 def prepare_simulation(cfg: dict, base_dir: pathlib.Path | str = ".") -> SimulationSetup:
@@ -131,15 +144,11 @@ def prepare_simulation(cfg: dict, base_dir: pathlib.Path | str = ".") -> Simulat
     if solver["constitutive"] not in CONSTITUTIVE:
         raise ConfigError(f"solver.constitutive {solver['constitutive']!r} is unknown; known: {', '.join(CONSTITUTIVE)}")
     if solver["constitutive"] == "learned":
-        model = solver["learned_model"]
-        if not isinstance(model, str) or not model:
+        if solver["learned_model"] is None:
             raise ConfigError("solver.constitutive: learned needs solver.learned_model: the model directory "
                               "(slipstream train --learned-update MATERIAL --out DIR)")
-        path = pathlib.Path(model)
-        path = path if path.is_absolute() else pathlib.Path(base_dir) / path
-        if not (path / "model.json").is_file():
-            raise ConfigError(f"solver.learned_model: {path} is not a trained model directory (no model.json)")
-        solver["learned_model"] = str(path)
+        solver["learned_model"] = _model_dir(solver["learned_model"], "learned_model", base_dir,
+                                             "slipstream train --learned-update MATERIAL --out DIR")
     elif solver["learned_model"] is not None:
         raise ConfigError("solver.learned_model applies only with solver.constitutive: learned")
 
@@ -153,7 +162,43 @@ def prepare_simulation(cfg: dict, base_dir: pathlib.Path | str = ".") -> Simulat
     loading = loading_from_config(cfg["loading"])
     if boundary == "specimen":
         specimen_axis(loading)
-    return SimulationSetup(cfg, microstructure, material, loading, boundary, output, solver, grips)
+    fine = None
+    if solver["correction_in_loop"] is not None:
+        fine = _in_loop_setup(cfg, solver, material, microstructure, base_dir)
+    return SimulationSetup(cfg, microstructure, material, loading, boundary, output, solver, grips, fine)
+
+
+def _in_loop_setup(cfg, solver, material, microstructure, base_dir):
+    """Check ``solver.correction_in_loop`` against the run; return the map before coarsening.
+
+    The model (``slipstream train --in-loop``) corrects the state of a solve ``k`` times coarser than
+    the map it was trained for: the run must coarsen its voxel map by that ``k`` and use the model's
+    material and crystal plasticity.
+    """
+    import json
+
+    from .microstructure import coarsen_option, microstructure_from_config
+
+    make = "slipstream train --in-loop --store FINE --coarse COARSE --out DIR"
+    solver["correction_in_loop"] = path = _model_dir(solver["correction_in_loop"], "correction_in_loop", base_dir, make)
+    meta = json.loads((pathlib.Path(path) / "model.json").read_text())
+    if meta.get("format") != "slipstream.state_correction/1":
+        raise ConfigError(f"solver.correction_in_loop: {path} is not an in-loop state correction ({make})")
+    if solver["constitutive"] not in ("crystal_plasticity", "learned"):
+        raise ConfigError(f"solver.correction_in_loop corrects crystal plasticity, not solver.constitutive "
+                          f"{solver['constitutive']!r}")
+    ms_cfg = cfg["microstructure"]
+    factor = coarsen_option(ms_cfg) if ms_cfg.get("kind") != "mesh" else 0
+    if factor != int(meta["factor"]):
+        raise ConfigError(f"solver.correction_in_loop: the model corrects solves {meta['factor']}x coarser, but "
+                          f"microstructure.coarsen is {factor or 'absent (a mesh)'}")
+    trained = meta["store"]["material"]
+    differing = sorted(k for k in set(trained) | set(material.as_dict())
+                       if k not in ("reference", "units") and trained.get(k) != material.as_dict().get(k))
+    if differing:
+        raise ConfigError(f"solver.correction_in_loop: the model was trained on material {trained.get('name')!r}; "
+                          f"this run's {material.name!r} differs in {', '.join(differing)}")
+    return microstructure_from_config({**ms_cfg, "coarsen": 1}, pathlib.Path(base_dir))
 
 
 def _boundary(value) -> tuple[str, str]:

@@ -591,6 +591,50 @@ class CrystalPlasticitySolver:
                                                             np.broadcast_to(np.eye(3), F.shape))),
         }
 
+    def set_voxel_state(self, plastic_deformation=None, slip_resistance=None, root=0):
+        """Hand the solver a corrected state per voxel; it holds from the next increment on. Collective.
+
+        The corrected values are cell means: each Gauss point keeps its offset
+        from its cell's current mean (``Fp_q <- Fp_new Fp_mean^-1 Fp_q``, then
+        ``det Fp_q = 1``; ``xi_q <- xi_q + xi_new - xi_mean``, kept above a
+        tenth of its current value), so a correction equal to the current means
+        changes nothing. The displacement is kept; the stress follows from the
+        new ``Fp`` at the next evaluation.
+
+        Args:
+            plastic_deformation: ``(nz, ny, nx, 3, 3)`` on ``root`` (ignored elsewhere), or ``None``.
+            slip_resistance: ``(nz, ny, nx, n_slip)`` in Pa on ``root``, or ``None``.
+            root: the rank that holds the arrays.
+
+        Raises:
+            ConfigError: a mesh (no voxels), a kernel without this state, a wrong shape.
+        """
+        if self.voxel is None:
+            raise ConfigError("a corrected state is handed back per voxel; this solve is on a mesh")
+        given = {"plastic_deformation": plastic_deformation, "slip_resistance": slip_resistance}
+        given = self.comm.bcast({k: (None if v is None else np.asarray(v, dtype=float)) for k, v in given.items()}
+                                if self.comm.rank == root else None, root=root)
+        nx, ny, nz = self.ms.cells
+        nq, state = self.n_qp, dict(self.state)
+        for key, value in given.items():
+            if value is None:
+                continue
+            if key not in state:
+                raise ConfigError(f"the constitutive law has no {key.replace('_', ' ')} to correct")
+            tail = state[key].shape[1:]
+            if value.shape != (nz, ny, nx) + tail:
+                raise ConfigError(f"corrected {key} has shape {value.shape}, expected {(nz, ny, nx) + tail}")
+            mine = np.repeat(value.reshape((-1,) + tail)[self.voxel], nq, axis=0)
+            current = state[key]
+            mean = np.repeat(current.reshape((self.n_cells, nq) + tail).mean(axis=1), nq, axis=0)
+            if key == "plastic_deformation":
+                new = mine @ np.linalg.inv(mean) @ current
+                new /= np.cbrt(np.linalg.det(new))[:, None, None]
+            else:
+                new = np.maximum(current + mine - mean, 0.1 * current)
+            state[key] = new  # new arrays: the kernel's warm start sees another start state
+        self.state = state
+
     def gather_voxel_fields(self, fields: dict, root=0):
         """Gather per-cell arrays into ``(nz, ny, nx, ...)`` voxel arrays on ``root``.
 

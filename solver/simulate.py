@@ -99,6 +99,7 @@ def solve_sample(comm, setup: SimulationSetup, progress: Progress | None = None,
     """
     wall0 = time.perf_counter()
     loading = setup.loading
+    handback = in_loop_correction(comm, setup)
     solver = make_solver(comm, setup)
     try:
         steps = output_increments(loading.increments, setup.output["every"])
@@ -114,6 +115,8 @@ def solve_sample(comm, setup: SimulationSetup, progress: Progress | None = None,
             if comm.rank == 0:
                 per_step.append((vf, cauchy, F_mean))
                 times.append(solver.t)
+            if handback is not None and step > 0:
+                hand_back(comm, solver, handback, vf)
 
         record(0)
         d = loading.direction
@@ -150,6 +153,43 @@ def solve_sample(comm, setup: SimulationSetup, progress: Progress | None = None,
     return fields, stats
 
 
+def in_loop_correction(comm, setup: SimulationSetup):
+    """The learned state correction of ``solver.correction_in_loop``, bound to this solve, on rank 0.
+
+    Returns ``None`` when the run has none; a :class:`surrogate.inloop.InLoopCorrection` on rank 0 and
+    ``True`` on the other ranks (they take part in the hand-back, the model runs on rank 0).
+    """
+    path = setup.solver.get("correction_in_loop")
+    if path is None:
+        return None
+    if comm.rank != 0:
+        return True
+    from surrogate.inloop import InLoopCorrection
+
+    loading = setup.loading
+    return InLoopCorrection(path, setup.fine_microstructure.euler[0], setup.microstructure.euler[0], loading.mode,
+                            loading.direction, loading.strain, loading.rate, loading.duration)
+
+
+def hand_back(comm, solver, correction, voxel_fields) -> None:
+    """Correct the solver's state with ``correction`` (rank 0) and hand it back on every rank. Collective.
+
+    A failure of the model on rank 0 reaches every rank as a :class:`SolverError` (no rank waits forever).
+    """
+    from .errors import SolverError
+
+    corrected, error = None, None
+    if comm.rank == 0:
+        try:
+            corrected = correction(voxel_fields, solver.t)
+        except Exception as exc:  # noqa: BLE001 -- reported on every rank below
+            error = f"the in-loop correction failed at t = {solver.t:.6g} s: {type(exc).__name__}: {exc}"
+    error = comm.bcast(error, root=0)
+    if error is not None:
+        raise SolverError(error)
+    solver.set_voxel_state(**(corrected or {}))
+
+
 def _store_fields(setup, per_step, times, n_slip):
     """Stack the per-step voxel fields into the store's arrays."""
     from .tensors import hencky_strain
@@ -181,6 +221,8 @@ def _store_fields(setup, per_step, times, n_slip):
         "macro_stress": np.stack([to_voigt(c) for _, c, _ in per_step]),
         "macro_strain": np.stack([to_voigt(hencky_strain(F)) for _, _, F in per_step]),
         "nye": alpha,
+        "plastic_deformation": np.stack([vf["plastic_deformation"] for vf, _, _ in per_step]).reshape(
+            (len(per_step),) + ms.shape + (9,)),
     }
 
 
@@ -304,7 +346,7 @@ def run_simulation(comm, config_path, out, overwrite=False, quiet=False) -> dict
     if comm.rank == 0 and voxels:
         group = store.create_store(results, n_samples=1, grid_shape=setup.microstructure.shape, n_steps=n_steps,
                                    n_slip=setup.material.n_slip, config=cfg, material=setup.material.as_dict(),
-                                   lattice=setup.material.lattice, with_nye=True)
+                                   lattice=setup.material.lattice, with_nye=True, with_plastic_deformation=True)
     try:
         fields, stats = solve_sample(comm, setup, progress, on_step=paraview)
     except SlipstreamError as exc:

@@ -92,7 +92,7 @@ class Field:
         description: what the array holds, in the field's words.
         fill: value of unwritten entries.
         attrs: extra attributes (measure, component order, flag meanings).
-        optional: only created on request (``with_nye``).
+        optional: only created on request (``with_nye``, ``with_plastic_deformation``).
         written_by: ``"write_sample"`` or ``"mark"`` (status and failure reason).
     """
 
@@ -175,6 +175,12 @@ FIELDS: dict[str, Field] = {
                  "Nye dislocation density tensor alpha_ij (curl of the plastic distortion), "
                  "row-major 11, 12, 13, 21, 22, 23, 31, 32, 33",
                  attrs={"components": list(TENSOR9_ORDER)}, optional=True),
+    # the solver's history variable, so a coarse solve can be handed a corrected state (docs/coupling.md)
+    "plastic_deformation": Field(_STEP_VOX + ("tensor9",), "float32", "1", "plastic deformation",
+                                 "plastic part Fp of F = Fe Fp per voxel (mean over its Gauss points), "
+                                 "row-major 11, 12, 13, 21, 22, 23, 31, 32, 33; det Fp = 1",
+                                 attrs={"components": list(TENSOR9_ORDER), "measure": "Fp of F = Fe Fp"},
+                                 optional=True),
 }
 
 UNITS: dict[str, str] = {name: f.unit for name, f in FIELDS.items()}
@@ -312,7 +318,8 @@ def _is_zarr_store(path: Path) -> bool:
 
 def create_store(path: str | Path, *, n_samples: int, grid_shape: tuple[int, int, int], n_steps: int,
                  n_slip: int, config: Mapping[str, Any], material: Mapping[str, Any], lattice: str,
-                 with_nye: bool = False, overwrite: bool = False) -> zarr.Group:
+                 with_nye: bool = False, with_plastic_deformation: bool = False,
+                 overwrite: bool = False) -> zarr.Group:
     """Create an empty campaign store (every sample pending). Rank 0 only.
 
     All arrays are created at their final size (nothing is resized later), one
@@ -331,6 +338,7 @@ def create_store(path: str | Path, *, n_samples: int, grid_shape: tuple[int, int
         material: material parameters (JSON-able), stored as given.
         lattice: ``"fcc"``, ``"bcc"`` or ``"hcp"``.
         with_nye: also create the ``nye`` array.
+        with_plastic_deformation: also create the ``plastic_deformation`` array.
         overwrite: replace an existing Zarr store at ``path``. Something at
             ``path`` that is not a Zarr store is never deleted.
 
@@ -365,7 +373,8 @@ def create_store(path: str | Path, *, n_samples: int, grid_shape: tuple[int, int
     sizes = _dim_sizes(n_samples, grid, n_steps, n_slip)
     group = zarr.create_group(store=str(path), zarr_format=3, overwrite=overwrite)
     for name, f in FIELDS.items():
-        if f.optional and not (name == "nye" and with_nye):
+        requested = {"nye": with_nye, "plastic_deformation": with_plastic_deformation}
+        if f.optional and not requested[name]:
             continue
         shape = tuple(sizes[d] for d in f.dims)
         group.create_array(
@@ -383,6 +392,7 @@ def create_store(path: str | Path, *, n_samples: int, grid_shape: tuple[int, int
         "n_steps": n_steps,
         "n_slip": n_slip,
         "with_nye": bool(with_nye),
+        "with_plastic_deformation": bool(with_plastic_deformation),
         "dimensions": sizes,
         "units": {name: f.unit for name, f in FIELDS.items() if name in group},
         "conventions": {
@@ -507,6 +517,16 @@ def _load_mode_code(value: Any) -> int:
     return code
 
 
+def stored_fields(group: zarr.Group, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """``fields`` without the optional arrays that ``group`` was created without.
+
+    A solve returns every field; a store made before an optional array existed
+    (or without it) resumes with the arrays it has.
+    """
+    return {name: value for name, value in fields.items()
+            if name in group or name not in FIELDS or not FIELDS[name].optional}
+
+
 def write_sample(group: zarr.Group, index: int, fields: Mapping[str, Any]) -> None:
     """Write all data of one sample; leaves it pending.
 
@@ -531,8 +551,9 @@ def write_sample(group: zarr.Group, index: int, fields: Mapping[str, Any]) -> No
     unknown = sorted(set(fields) - set(shapes))
     if unknown:
         hint = ""
-        if "nye" in unknown and "nye" not in group:
-            hint = " (the store was created without nye)"
+        lacking = [name for name in unknown if FIELDS.get(name) is not None and FIELDS[name].optional]
+        if lacking:
+            hint = f" (the store was created without {', '.join(lacking)})"
         if set(unknown) & {"status", "failure_reason"}:
             hint = " (status is set by mark_done/mark_failed)"
         raise StoreError(f"sample {i}: unknown field(s) {', '.join(unknown)}{hint}")

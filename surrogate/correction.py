@@ -131,8 +131,9 @@ def coarsening_factor(fine: StoreInfo, coarse: StoreInfo) -> int:
             step count, or a grid that is not a whole fraction.
     """
     fine_factor = _store.open_store(fine.path, "r").attrs["config"].get("microstructure", {}).get("coarsen", 1)
+    # a coarse solve with an in-loop state correction is a partner too (its fields are what MODEL corrects)
     value = partner_value(fine, coarse, "microstructure", "coarsen",
-                          "slipstream campaign CFG --coarsen K") or 1
+                          "slipstream campaign CFG --coarsen K", ignore=(("solver", "correction_in_loop"),)) or 1
     factor = int(value) // int(fine_factor)
     if factor < 2:
         raise StoreError(f"{coarse.path}: its grid {list(coarse.grid_shape)} is not coarser than {fine.path}'s "

@@ -289,12 +289,14 @@ def sample_targets(group, index: int) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([t["values"] for t in steps]), np.stack([t["dominant"] for t in steps])
 
 
-def partner_value(store: StoreInfo, partner: StoreInfo, section: str, key: str, make: str) -> Any:
+def partner_value(store: StoreInfo, partner: StoreInfo, section: str, key: str, make: str,
+                  ignore: tuple[tuple[str, str], ...] = ()) -> Any:
     """``config[section][key]`` of ``partner``, a store of the same campaign as ``store`` apart from that key.
 
     A partner store solves the same samples (same seed, maps and loads) another
     way: on a coarser grid (``microstructure.coarsen``) or with other physics
-    (``solver.constitutive``). The sample count may differ.
+    (``solver.constitutive``). The sample count may differ, and so may the
+    ``(section, key)`` pairs of ``ignore``.
 
     Raises:
         StoreError: the campaigns differ elsewhere (``make`` says how to make a partner).
@@ -305,6 +307,10 @@ def partner_value(store: StoreInfo, partner: StoreInfo, section: str, key: str, 
     value = sec_b.pop(key, None)
     sec_a.pop(key, None)
     a[section], b[section] = sec_a, sec_b
+    for sec, k in ignore:
+        for cfg in (a, b):
+            if isinstance(cfg.get(sec), dict):
+                cfg[sec] = {kk: vv for kk, vv in cfg[sec].items() if kk != k}
     a.pop("samples", None)
     b.pop("samples", None)
     if a != b:
