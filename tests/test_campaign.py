@@ -480,3 +480,23 @@ def test_parse_errors_are_config_errors():
         campaign.parse_campaign(tiny_config(microstructure={"cells": [[3, 3, 1], [3, 3, 2]]}))
     with pytest.raises(ConfigError, match="no 'samples'"):
         campaign.parse_campaign({k: v for k, v in tiny_config().items() if k != "samples"})
+
+
+@pytest.mark.skip_in_parallel
+def test_a_store_made_before_the_plastic_deformation_was_stored_resumes_without_it(tmp_path):
+    from mpi4py import MPI
+
+    spec = campaign.load_campaign(TINY)
+    path = tmp_path / "old.zarr"
+    # what campaigns created before the array existed: nye, no plastic_deformation
+    store.create_store(path, n_samples=spec.samples, grid_shape=spec.grid_shape, n_steps=spec.n_steps,
+                       n_slip=spec.n_slip, config=spec.config, material=spec.store_material(), lattice=spec.lattice,
+                       with_nye=True)
+    campaign.run_campaign(MPI.COMM_SELF, TINY, path, quiet=True)
+    g = store.open_store(path)
+    assert np.all(store.sample_status(g) == store.DONE)
+    assert "plastic_deformation" not in g
+    # a new store has it
+    campaign.run_campaign(MPI.COMM_SELF, TINY, tmp_path / "new.zarr", quiet=True)
+    g = store.open_store(tmp_path / "new.zarr")
+    assert g.attrs["with_plastic_deformation"] and not np.any(np.isnan(g["plastic_deformation"][:]))
