@@ -40,8 +40,9 @@ benchmark: setup
 	$(PY) benchmarks/coupling_learned_update.py
 	@if [ -d data/coarse4.zarr ] && [ -d data/coarse2.zarr ]; then $(PY) benchmarks/coupling_correction.py; \
 	else echo "correction benchmark skipped: make data/coarse4.zarr and data/coarse2.zarr first (docs/coupling.md)"; fi
-	@if [ -d data/inloop4.zarr ]; then $(PY) benchmarks/coupling_inloop.py; \
-	else echo "in-loop benchmark skipped: make data/inloop4.zarr first (docs/coupling.md)"; fi
+	@if [ -d data/inloop4.zarr ] && [ -d data/coarse4.zarr ] && [ -d data/coarse2.zarr ]; then \
+	$(PY) benchmarks/coupling_inloop.py; \
+	else echo "in-loop benchmark skipped: make data/inloop4.zarr, coarse4.zarr, coarse2.zarr first (docs/coupling.md)"; fi
 	@if [ -d data/elastic.zarr ]; then $(PY) benchmarks/coupling_forecast.py; \
 	else echo "forecast benchmark skipped: make data/elastic.zarr first (docs/coupling.md)"; fi
 

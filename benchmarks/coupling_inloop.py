@@ -135,8 +135,8 @@ def main(argv=None) -> int:
         if not samples:
             continue
         t0 = time.perf_counter()
-        block = {"plain_4x": block_errors(args.fine, args.coarse4, samples, 4),
-                 "in_loop_4x": block_errors(args.fine, args.inloop4, samples, 4)}
+        block = {"plain_4x": block_errors(args.fine, args.coarse4, samples, meta["factor"]),
+                 "in_loop_4x": block_errors(args.fine, args.inloop4, samples, meta["factor"])}
         rows = {"plain_4x_grain": evaluate_split(None, args.fine, samples, coarse=args.coarse4,
                                                  predictor=coarse_baseline, tolerance=tol)[0],
                 "in_loop_4x_grain": evaluate_split(None, args.fine, samples, coarse=args.inloop4,

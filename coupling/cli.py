@@ -104,14 +104,25 @@ def cmd_fdm(args) -> int:
     return 0
 
 
+def _train_config(args) -> dict:
+    """The training YAML of ``--config`` (or nothing), with ``--epochs`` and ``--seed`` over it."""
+    cfg = {}
+    if args.config:
+        from solver.config import load_yaml
+
+        cfg = load_yaml(args.config)
+    cfg.update({k: v for k, v in {"epochs": args.epochs, "seed": args.seed}.items() if v is not None})
+    return cfg
+
+
 def cmd_train(args) -> int:
     if args.learned_update:
         from solver.errors import ConfigError
         from surrogate.learned_update import train_learned_update
 
-        if args.store or args.coarse or args.forecast or args.resume:
+        if args.store or args.coarse or args.forecast or args.resume or args.in_loop:
             raise ConfigError("--learned-update trains on the physics kernel's own updates: --store, --coarse, "
-                              "--forecast and --resume do not apply")
+                              "--forecast, --in-loop and --resume do not apply")
         train_learned_update(args.learned_update, args.out, epochs=args.epochs or 40, seed=args.seed or 0,
                              samples=args.samples or 80000, quiet=args.quiet)
         return 0
@@ -123,17 +134,13 @@ def cmd_train(args) -> int:
         from solver.errors import ConfigError
         from surrogate.inloop import MAKE, train_state_correction
 
-        if args.forecast or args.resume or args.physics:
-            raise ConfigError("--in-loop trains a state correction: --forecast, --physics and --resume do not apply")
+        given = [f"--{n}" for n in ("forecast", "physics", "resume", "model", "ensemble", "workers")
+                 if getattr(args, n)]
+        if given:
+            raise ConfigError(f"--in-loop trains one state correction: {', '.join(given)} do(es) not apply")
         if not args.coarse:
             raise ConfigError(f"--in-loop needs --coarse (the coarse partner, then any DAgger stores): {MAKE}")
-        cfg = {}
-        if args.config:
-            from solver.config import load_yaml
-
-            cfg = load_yaml(args.config)
-        cfg.update({k: v for k, v in {"epochs": args.epochs, "seed": args.seed}.items() if v is not None})
-        train_state_correction(args.store, args.coarse, args.out, config=cfg, quiet=args.quiet)
+        train_state_correction(args.store, args.coarse, args.out, config=_train_config(args), quiet=args.quiet)
         return 0
     if args.coarse and len(args.coarse) > 1:
         from solver.errors import ConfigError
@@ -146,13 +153,8 @@ def cmd_train(args) -> int:
 
         if args.coarse or args.resume:
             raise ConfigError("--forecast trains a forecast: --coarse and --resume do not apply")
-        cfg = {}
-        if args.config:
-            from solver.config import load_yaml
-
-            cfg = load_yaml(args.config)
-        cfg.update({k: v for k, v in {"epochs": args.epochs, "seed": args.seed}.items() if v is not None})
-        train_forecast(args.store, args.out, kind=args.forecast, physics=args.physics, config=cfg, quiet=args.quiet)
+        train_forecast(args.store, args.out, kind=args.forecast, physics=args.physics, config=_train_config(args),
+                       quiet=args.quiet)
         return 0
     from surrogate.train import train
 

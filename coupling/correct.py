@@ -65,6 +65,10 @@ def run_correct(comm, model: str, microstructure: str, load_text: str, out: str,
         raise ModelError(f"{model} is a surrogate, not a low-resolution correction; use slipstream predict, or train "
                          "one with slipstream train --coarse")
     factor = int(ensemble.meta["coarse"]["factor"])
+    if in_loop is not None:  # checked before anything is written
+        from solver.config import check_in_loop_model
+
+        check_in_loop_model(in_loop, factor, dict(ensemble.meta["store"]["material"]))
     ms = read_map(microstructure)
     coarse_ms = coarsen(ms, factor)  # refuses a map the factor does not divide, before any solving
     out = pathlib.Path(out)

@@ -164,41 +164,71 @@ def prepare_simulation(cfg: dict, base_dir: pathlib.Path | str = ".") -> Simulat
         specimen_axis(loading)
     fine = None
     if solver["correction_in_loop"] is not None:
-        fine = _in_loop_setup(cfg, solver, material, microstructure, base_dir)
+        fine = _in_loop_setup(cfg, solver, material, microstructure, loading, base_dir)
     return SimulationSetup(cfg, microstructure, material, loading, boundary, output, solver, grips, fine)
 
 
-def _in_loop_setup(cfg, solver, material, microstructure, base_dir):
-    """Check ``solver.correction_in_loop`` against the run; return the map before coarsening.
+IN_LOOP_FORMAT = "slipstream.state_correction/1"
+_IN_LOOP_MAKE = "slipstream train --in-loop --store FINE --coarse COARSE --out DIR"
 
-    The model (``slipstream train --in-loop``) corrects the state of a solve ``k`` times coarser than
-    the map it was trained for: the run must coarsen its voxel map by that ``k`` and use the model's
-    material and crystal plasticity.
+
+def check_in_loop_model(path, coarsen: int, material: dict) -> dict:
+    """The ``model.json`` of an in-loop state correction, checked against a run (without loading torch).
+
+    Args:
+        path: the model directory.
+        coarsen: the run's ``microstructure.coarsen`` (0 for a mesh).
+        material: the run's material parameters (:meth:`~solver.materials.Material.as_dict`).
+
+    Raises:
+        ConfigError: no readable or another kind of model, another coarsening or material.
     """
     import json
 
+    try:
+        meta = json.loads((pathlib.Path(path) / "model.json").read_text())
+        fmt, factor = meta.get("format"), int(meta.get("factor", 0))
+        fine_coarsen, trained = int(meta.get("fine_coarsen", 1)), dict(meta["store"]["material"])
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ConfigError(f"solver.correction_in_loop: {path}/model.json is not readable ({exc})") from None
+    if fmt != IN_LOOP_FORMAT:
+        raise ConfigError(f"solver.correction_in_loop: {path} is not an in-loop state correction ({_IN_LOOP_MAKE})")
+    if coarsen != factor * fine_coarsen:
+        raise ConfigError(f"solver.correction_in_loop: the model corrects solves {factor}x coarser than a map of "
+                          f"coarsen {fine_coarsen}, i.e. microstructure.coarsen {factor * fine_coarsen}; this run "
+                          f"has {coarsen or 'a mesh'}")
+    differing = sorted(k for k in set(trained) | set(material)
+                       if k not in ("reference", "units") and trained.get(k) != material.get(k))
+    if differing:
+        raise ConfigError(f"solver.correction_in_loop: the model was trained on material {trained.get('name')!r}; "
+                          f"this run's {material.get('name')!r} differs in {', '.join(differing)}")
+    return meta
+
+
+def _in_loop_setup(cfg, solver, material, microstructure, loading, base_dir):
+    """Check ``solver.correction_in_loop`` against the run; return the map the model sees (before coarsening).
+
+    The model (``slipstream train --in-loop``) corrects the state of a 2-D voxel solve ``k`` times coarser
+    than the map it was trained for, of its material, in crystal plasticity, under the loads it learns
+    (not a general deformation gradient).
+    """
     from .microstructure import coarsen_option, microstructure_from_config
 
-    make = "slipstream train --in-loop --store FINE --coarse COARSE --out DIR"
-    solver["correction_in_loop"] = path = _model_dir(solver["correction_in_loop"], "correction_in_loop", base_dir, make)
-    meta = json.loads((pathlib.Path(path) / "model.json").read_text())
-    if meta.get("format") != "slipstream.state_correction/1":
-        raise ConfigError(f"solver.correction_in_loop: {path} is not an in-loop state correction ({make})")
+    solver["correction_in_loop"] = path = _model_dir(solver["correction_in_loop"], "correction_in_loop", base_dir,
+                                                     _IN_LOOP_MAKE)
     if solver["constitutive"] not in ("crystal_plasticity", "learned"):
         raise ConfigError(f"solver.correction_in_loop corrects crystal plasticity, not solver.constitutive "
                           f"{solver['constitutive']!r}")
     ms_cfg = cfg["microstructure"]
-    factor = coarsen_option(ms_cfg) if ms_cfg.get("kind") != "mesh" else 0
-    if factor != int(meta["factor"]):
-        raise ConfigError(f"solver.correction_in_loop: the model corrects solves {meta['factor']}x coarser, but "
-                          f"microstructure.coarsen is {factor or 'absent (a mesh)'}")
-    trained = meta["store"]["material"]
-    differing = sorted(k for k in set(trained) | set(material.as_dict())
-                       if k not in ("reference", "units") and trained.get(k) != material.as_dict().get(k))
-    if differing:
-        raise ConfigError(f"solver.correction_in_loop: the model was trained on material {trained.get('name')!r}; "
-                          f"this run's {material.name!r} differs in {', '.join(differing)}")
-    return microstructure_from_config({**ms_cfg, "coarsen": 1}, pathlib.Path(base_dir))
+    coarsen = coarsen_option(ms_cfg) if ms_cfg.get("kind") != "mesh" else 0
+    meta = check_in_loop_model(path, coarsen, material.as_dict())
+    if microstructure.shape[0] != 1:
+        raise ConfigError("solver.correction_in_loop: the in-loop correction learns 2-D maps (z = 1); "
+                          f"this map has {microstructure.shape[0]} layers")
+    if loading.mode == "deformation_gradient":
+        raise ConfigError("solver.correction_in_loop: a general deformation-gradient load is not learned")
+    return microstructure_from_config({**ms_cfg, "coarsen": int(meta.get("fine_coarsen", 1))},
+                                      pathlib.Path(base_dir))
 
 
 def _boundary(value) -> tuple[str, str]:

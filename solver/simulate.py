@@ -115,7 +115,8 @@ def solve_sample(comm, setup: SimulationSetup, progress: Progress | None = None,
             if comm.rank == 0:
                 per_step.append((vf, cauchy, F_mean))
                 times.append(solver.t)
-            if handback is not None and step > 0:
+            # stored fields are the state before the hand-back; after the last step nothing goes on from it
+            if handback is not None and 0 < step < len(steps) - 1:
                 hand_back(comm, solver, handback, vf)
 
         record(0)
@@ -153,8 +154,31 @@ def solve_sample(comm, setup: SimulationSetup, progress: Progress | None = None,
     return fields, stats
 
 
+def on_rank0(comm, action, what: str):
+    """``action()`` on rank 0; its failure raised on every rank of ``comm`` (no rank waits forever). Collective.
+
+    Returns:
+        What ``action`` returned on rank 0, ``None`` elsewhere.
+
+    Raises:
+        SolverError: ``what`` failed on rank 0 (its type and message in the text).
+    """
+    from .errors import SolverError
+
+    value, error = None, None
+    if comm.rank == 0:
+        try:
+            value = action()
+        except Exception as exc:  # noqa: BLE001 -- reported on every rank below
+            error = f"{what} failed: {type(exc).__name__}: {exc}"
+    error = comm.bcast(error, root=0)
+    if error is not None:
+        raise SolverError(error)
+    return value
+
+
 def in_loop_correction(comm, setup: SimulationSetup):
-    """The learned state correction of ``solver.correction_in_loop``, bound to this solve, on rank 0.
+    """The learned state correction of ``solver.correction_in_loop``, bound to this solve. Collective.
 
     Returns ``None`` when the run has none; a :class:`surrogate.inloop.InLoopCorrection` on rank 0 and
     ``True`` on the other ranks (they take part in the hand-back, the model runs on rank 0).
@@ -162,31 +186,22 @@ def in_loop_correction(comm, setup: SimulationSetup):
     path = setup.solver.get("correction_in_loop")
     if path is None:
         return None
-    if comm.rank != 0:
-        return True
-    from surrogate.inloop import InLoopCorrection
 
-    loading = setup.loading
-    return InLoopCorrection(path, setup.fine_microstructure.euler[0], setup.microstructure.euler[0], loading.mode,
-                            loading.direction, loading.strain, loading.rate, loading.duration)
+    def load():
+        from surrogate.inloop import InLoopCorrection
+
+        loading = setup.loading
+        return InLoopCorrection(path, setup.fine_microstructure.euler[0], setup.microstructure.euler[0],
+                                loading.mode, loading.direction, loading.strain, loading.rate, loading.duration)
+
+    correction = on_rank0(comm, load, f"loading the in-loop correction {path}")
+    return correction if comm.rank == 0 else True
 
 
 def hand_back(comm, solver, correction, voxel_fields) -> None:
-    """Correct the solver's state with ``correction`` (rank 0) and hand it back on every rank. Collective.
-
-    A failure of the model on rank 0 reaches every rank as a :class:`SolverError` (no rank waits forever).
-    """
-    from .errors import SolverError
-
-    corrected, error = None, None
-    if comm.rank == 0:
-        try:
-            corrected = correction(voxel_fields, solver.t)
-        except Exception as exc:  # noqa: BLE001 -- reported on every rank below
-            error = f"the in-loop correction failed at t = {solver.t:.6g} s: {type(exc).__name__}: {exc}"
-    error = comm.bcast(error, root=0)
-    if error is not None:
-        raise SolverError(error)
+    """Correct the solver's state with ``correction`` (rank 0) and hand it back on every rank. Collective."""
+    corrected = on_rank0(comm, lambda: correction(voxel_fields, solver.t),
+                         f"the in-loop correction at t = {solver.t:.6g} s")
     solver.set_voxel_state(**(corrected or {}))
 
 

@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from solver.config import IN_LOOP_FORMAT as FORMAT  # the solver checks it without torch
 from solver.errors import ModelError, StoreError
 from solver.loading import MODES
 from solver.rotations import euler_to_matrix
@@ -57,7 +58,6 @@ from .correction import coarsening_factor, restrict, upsample
 from .data import SplitSpec, StoreInfo, applied_strain, make_splits, store_info
 from .models import Normaliser
 
-FORMAT = "slipstream.state_correction/1"
 #: channels of the fine map under a coarse voxel (:func:`block_map_channels`)
 N_MAP = 2 * features.N_ORIENTATION + 1
 #: state-independent solve channels: Cauchy stress (MPa) and Hencky strain
@@ -271,6 +271,7 @@ def train_state_correction(store: str | Path, coarse: Sequence[str | Path], out:
         StoreError: a store that is no partner of ``store`` or lacks the plastic deformation.
         ConfigError: an unknown or bad option.
     """
+    from solver import store as _store
     from solver.errors import ConfigError
 
     cfg = dict(TRAIN_DEFAULTS)
@@ -281,6 +282,9 @@ def train_state_correction(store: str | Path, coarse: Sequence[str | Path], out:
     for key in ("width", "layers", "epochs", "batch_size"):
         if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1:
             raise ConfigError(f"in-loop training: {key} must be a positive integer, got {cfg[key]!r}")
+    for key in ("learning_rate", "weight_decay"):
+        if isinstance(cfg[key], bool) or not isinstance(cfg[key], (int, float)) or not 0 <= cfg[key] < 1:
+            raise ConfigError(f"in-loop training: {key} must be a number in [0, 1), got {cfg[key]!r}")
     if not coarse:
         raise ConfigError(f"in-loop training needs at least one coarse partner store ({MAKE})")
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
@@ -339,6 +343,9 @@ def train_state_correction(store: str | Path, coarse: Sequence[str | Path], out:
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "model": {"class": "StateCorrection", "kwargs": model.kwargs},
         "factor": factor,
+        # the fine store may itself be coarsened: the run's coarsen is fine_coarsen * factor
+        "fine_coarsen": int(_store.open_store(fine.path, "r").attrs["config"].get("microstructure", {})
+                            .get("coarsen", 1)),
         "store": fine.signature(),
         "coarse_stores": [str(p.path) for p in partners],
         "config": {**cfg, "split": split.as_dict()},
@@ -416,7 +423,7 @@ class InLoopCorrection:
         fp = np.asarray(fields["plastic_deformation"])[0].reshape(self.maps.shape[1:] + (9,))
         state = state_channels(fp, fields["slip_resistance"][0])
         solve = solve_channels(to_voigt(fields["stress"][0]), to_voigt(fields["strain"][0]))
-        strain_now = self.load_strain * min(t / self.duration, 1.0) if self.duration > 0 else 0.0
+        strain_now = float(applied_strain(self.load_strain, np.array([t, self.duration]))[0])
         cond = features.load_condition(self.mode, self.direction, strain_now, self.rate)
         x = torch.from_numpy(step_inputs(state, solve, self.maps, cond)[None])
         with torch.no_grad():

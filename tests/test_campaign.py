@@ -154,7 +154,8 @@ def _fake_solver(monkeypatch, fail=(), slow=()):
                   "slip_resistance": rng.random(step + (12,)), "von_mises_stress": rng.random(step),
                   "von_mises_strain": rng.random(step), "macro_stress": rng.random((n_steps, 6)),
                   "macro_strain": rng.random((n_steps, 6)), "wall_time": 0.01, "increments": 2,
-                  "newton_iterations": 4, "cutbacks": 0, "nye": rng.random(step + (9,))}
+                  "newton_iterations": 4, "cutbacks": 0, "nye": rng.random(step + (9,)),
+                  "plastic_deformation": rng.random(step + (9,))}
         return fields, {}
 
     monkeypatch.setattr(simulate, "solve_sample", fake)
