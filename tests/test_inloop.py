@@ -133,7 +133,7 @@ def runs(tmp_path_factory):
     run_campaign(MPI.COMM_SELF, cfg, base / "coarse.zarr", quiet=True, coarsen=2)
     split = {"validation": 0.25, "test": 0.125, "held_out": []}
     train_state_correction(base / "fine.zarr", [base / "coarse.zarr"], base / "round0",
-                           {"epochs": 300, "width": 16, "split": split}, quiet=True)
+                           {"epochs": 300, "width": 16, "split": split, "select": "last"}, quiet=True)
     train_state_correction(base / "fine.zarr", [base / "coarse.zarr"], base / "still",
                            {"epochs": 1, "width": 16, "learning_rate": 0.0, "split": split}, quiet=True)
     train(base / "fine.zarr", base / "post", SMALL, quiet=True, coarse=base / "coarse.zarr")
