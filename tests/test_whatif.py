@@ -96,8 +96,9 @@ def test_an_unseen_texture_lowers_the_trust_and_falls_back(model_and_map, run_cl
 @pytest.mark.parametrize("ranks", [1, 2])
 def test_verify_runs_the_solver_and_reports_errors(model_and_map, run_cli, tempdir, ranks):
     model, ang, _ = model_and_map
+    # a relative --out (the solver's run is written inside it and must still find the map)
     r = run_cli("predict", "--model", model, "--microstructure", ang, "--load", "tension 0.004 [1,0,0]",
-                "--out", tempdir / "v", "--steps", "3", "--verify", "--trust-threshold", "0", ranks=ranks)
+                "--out", "v", "--steps", "3", "--verify", "--trust-threshold", "0", ranks=ranks, cwd=tempdir)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("surrogate vs solver") == 1  # rank 0 alone prints
     s = json.loads((tempdir / "v" / "summary.json").read_text())
