@@ -45,22 +45,20 @@ def block_errors(fine: str, coarse: str, samples: list[int], factor: int) -> dic
 
     from solver import store as st
     from surrogate.correction import restrict
+    from surrogate.inloop import block_stress_error, restricted_fine
 
     f, c = st.open_store(fine, "r"), st.open_store(coarse, "r")
     sq = {"fp": [], "xi": [], "stress": [], "stress_ref": [], "vm": []}
     for i in samples:
-        def fine_block(name):
-            a = np.moveaxis(np.asarray(f[name][i][1:, 0], dtype=float), -1, 1)
-            return np.moveaxis(restrict(a, factor), 1, -1)
-
         def coarse_of(name):
             return np.asarray(c[name][i][1:, 0], dtype=float)
 
-        sq["fp"].append(np.mean((fine_block("plastic_deformation") - coarse_of("plastic_deformation")) ** 2))
-        sq["xi"].append(np.mean((fine_block("slip_resistance") - coarse_of("slip_resistance")) ** 2))
-        s_f, s_c = fine_block("stress"), coarse_of("stress")
-        sq["stress"].append(np.sum((s_f - s_c) ** 2))
-        sq["stress_ref"].append(np.sum(s_f ** 2))
+        sq["fp"].append(np.mean((restricted_fine(f, i, "plastic_deformation", factor)
+                                 - coarse_of("plastic_deformation")) ** 2))
+        sq["xi"].append(np.mean((restricted_fine(f, i, "slip_resistance", factor) - coarse_of("slip_resistance")) ** 2))
+        err, ref = block_stress_error(f, i, c["stress"][i], factor)
+        sq["stress"].append(err)
+        sq["stress_ref"].append(ref)
         vm_f = restrict(np.asarray(f["von_mises_stress"][i][1:, 0], dtype=float), factor)
         sq["vm"].append(np.mean(np.abs(np.asarray(c["von_mises_stress"][i][1:, 0]) - vm_f) / vm_f))
     return {"fp_rms": float(np.sqrt(np.mean(sq["fp"]))), "slip_resistance_rms_mpa": float(np.sqrt(np.mean(sq["xi"])) / 1e6),

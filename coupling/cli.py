@@ -120,7 +120,7 @@ def cmd_train(args) -> int:
         from solver.errors import ConfigError
         from surrogate.learned_update import train_learned_update
 
-        if args.store or args.coarse or args.forecast or args.resume or args.in_loop:
+        if args.store or args.coarse or args.forecast or args.resume or args.in_loop or args.rollout_select:
             raise ConfigError("--learned-update trains on the physics kernel's own updates: --store, --coarse, "
                               "--forecast, --in-loop and --resume do not apply")
         train_learned_update(args.learned_update, args.out, epochs=args.epochs or 40, seed=args.seed or 0,
@@ -140,7 +140,16 @@ def cmd_train(args) -> int:
             raise ConfigError(f"--in-loop trains one state correction: {', '.join(given)} do(es) not apply")
         if not args.coarse:
             raise ConfigError(f"--in-loop needs --coarse (the coarse partner, then any DAgger stores): {MAKE}")
-        train_state_correction(args.store, args.coarse, args.out, config=_train_config(args), quiet=args.quiet)
+        cfg = _train_config(args)
+        if args.rollout_select is not None:
+            from coupling.inloop_select import select_by_rollout
+
+            if args.rollout_select < 1:
+                raise ConfigError(f"--rollout-select must be a positive number of samples, got {args.rollout_select}")
+            cfg.setdefault("candidates", 6)
+        train_state_correction(args.store, args.coarse, args.out, config=cfg, quiet=args.quiet)
+        if args.rollout_select is not None:
+            select_by_rollout(args.out, args.rollout_select, quiet=args.quiet)
         return 0
     if args.coarse and len(args.coarse) > 1:
         from solver.errors import ConfigError
@@ -296,6 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--in-loop", action="store_true",
                    help="train an in-loop state correction (plastic deformation and slip resistance of the coarse "
                         "solve, handed back to it; solver: {correction_in_loop: DIR}) from --store and --coarse")
+    t.add_argument("--rollout-select", type=int, metavar="N",
+                   help="with --in-loop: choose the epoch (or no correction) by the error of N validation samples "
+                        "solved coarse with the model in the loop (docs/coupling.md)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out (same config and store)")
     t.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     t.set_defaults(func=cmd_train)

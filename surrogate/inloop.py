@@ -211,6 +211,21 @@ def sample_pairs(fine_group, coarse_group, index: int, factor: int) -> tuple[np.
     return np.stack(xs), np.stack(ys).astype(np.float32)
 
 
+def restricted_fine(fine_group, index: int, name: str, factor: int) -> np.ndarray:
+    """A fine store's voxel field of one sample at the loaded steps, as block means on the coarse grid,
+    ``(n_steps - 1, cy, cx, C)`` (2-D stores)."""
+    a = np.moveaxis(np.asarray(fine_group[name][index][1:, 0], dtype=np.float64), -1, 1)
+    return np.moveaxis(restrict(a, factor), 1, -1)
+
+
+def block_stress_error(fine_group, index: int, coarse_stress: np.ndarray, factor: int) -> tuple[float, float]:
+    """``(sum of squared errors, sum of squares)`` of a coarse solve's Voigt stress ``(n_steps, 1, cy, cx, 6)``
+    against the fine solve's block means, over the loaded steps (a relative L2 is the root of their ratio)."""
+    ref = restricted_fine(fine_group, index, "stress", factor)
+    diff = np.asarray(coarse_stress, dtype=np.float64)[1:, 0] - ref
+    return float(np.sum(diff ** 2)), float(np.sum(ref ** 2))
+
+
 def build_pairs(fine: StoreInfo, partners: Sequence[StoreInfo], samples: Sequence[int],
                 factor: int) -> tuple[np.ndarray, np.ndarray]:
     """Pairs of the given samples from every partner store that has them done (DAgger's aggregate)."""
@@ -235,10 +250,12 @@ def build_pairs(fine: StoreInfo, partners: Sequence[StoreInfo], samples: Sequenc
 # ------------------------------------------------------------------------------------- training
 
 #: ``select``: ``best`` keeps the epoch of the lowest mean validation error ratio (``Fp`` and ``xi``), and
-#: the untrained model (no correction) if no epoch beats it; ``last`` keeps the last epoch.
+#: the untrained model (no correction) if no epoch beats it; ``last`` keeps the last epoch. ``candidates``: also
+#: keep this many evenly spaced epochs' weights (and the selected one's) in ``candidates/``, for a selection
+#: by the error of solves with the model in the loop (:mod:`coupling.inloop_select`).
 TRAIN_DEFAULTS: dict[str, Any] = {"width": 32, "layers": 3, "epochs": 60, "batch_size": 64,
                                   "learning_rate": 2e-3, "weight_decay": 1e-4, "seed": 0, "split": None,
-                                  "select": "best"}
+                                  "select": "best", "candidates": 0}
 
 
 def state_errors(model: StateCorrection | None, x: np.ndarray, y: np.ndarray, n_slip: int) -> dict[str, float]:
@@ -283,6 +300,8 @@ def train_state_correction(store: str | Path, coarse: Sequence[str | Path], out:
     if unknown:
         raise ConfigError(f"in-loop training: unknown option(s) {', '.join(unknown)}; known: {', '.join(cfg)}")
     cfg.update(config or {})
+    if isinstance(cfg["candidates"], bool) or not isinstance(cfg["candidates"], int) or cfg["candidates"] < 0:
+        raise ConfigError(f"in-loop training: candidates must be a non-negative integer, got {cfg['candidates']!r}")
     for key in ("width", "layers", "epochs", "batch_size"):
         if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 1:
             raise ConfigError(f"in-loop training: {key} must be a positive integer, got {cfg[key]!r}")
@@ -328,6 +347,10 @@ def train_state_correction(store: str | Path, coarse: Sequence[str | Path], out:
     history = []
     # epoch 0 is the untrained model: it hands back the solver's own state (score 1)
     best = {"epoch": 0, "score": 1.0, "state": copy.deepcopy(model.state_dict())}
+    # candidates for a selection by rollout (coupling.inloop_select): evenly spaced epochs
+    n_cand = int(cfg["candidates"])
+    keep = {round(epochs * (k + 1) / n_cand) for k in range(n_cand)} if n_cand else set()
+    candidates = {}
     for epoch in range(1, epochs + 1):
         model.train()
         perm = torch.randperm(n, generator=gen)
@@ -346,6 +369,8 @@ def train_state_correction(store: str | Path, coarse: Sequence[str | Path], out:
         history.append({"epoch": epoch, "train_loss": total / n, **val})
         if score < best["score"] or cfg["select"] == "last":
             best = {"epoch": epoch, "score": score, "state": copy.deepcopy(model.state_dict())}
+        if epoch in keep:
+            candidates[epoch] = copy.deepcopy(model.state_dict())
         if epoch == 1 or epoch % max(1, epochs // 10) == 0 or epoch == epochs:
             say(f"train --in-loop: epoch {epoch}/{epochs}: train loss {total / n:.4f}, validation Fp error "
                 f"{val['fp_ratio']:.3f} and slip resistance error {val['xi_mpa_ratio']:.3f} of the coarse solve's"
@@ -360,6 +385,7 @@ def train_state_correction(store: str | Path, coarse: Sequence[str | Path], out:
         "fine_coarsen": int(_store.open_store(fine.path, "r").attrs["config"].get("microstructure", {})
                             .get("coarsen", 1)),
         "store": fine.signature(),
+        "fine_store": str(fine.path),
         "coarse_stores": [str(p.path) for p in partners],
         "config": {**cfg, "split": split.as_dict()},
         "training_pairs": int(n),
@@ -370,6 +396,12 @@ def train_state_correction(store: str | Path, coarse: Sequence[str | Path], out:
         "seconds": time.perf_counter() - t0,
     }
     save_state_correction(model, meta, out)
+    if candidates or n_cand:
+        candidates[best["epoch"]] = best["state"]
+        cdir = Path(out) / "candidates"
+        cdir.mkdir(exist_ok=True)
+        for epoch, state in candidates.items():
+            torch.save({k: v.detach().cpu() for k, v in state.items()}, cdir / f"epoch_{epoch:04d}.pt")
     say(f"train --in-loop: done in {meta['seconds']:.0f} s; model in {out}/")
     return meta
 

@@ -263,3 +263,33 @@ def test_in_loop_refuses_bad_input(runs, run_cli, tmp_path):
                 f"{runs / 'fine.zarr'}:1", "--load", "tension 0.3%", "--steps", "2", "--out", tmp_path / "cc")
     assert_one_line_error(r, "not an in-loop state correction")
     assert not (tmp_path / "cc").exists()
+
+
+@pytest.mark.skip_in_parallel
+def test_rollout_selection_keeps_the_candidate_whose_solves_are_closest_to_the_fine_one(runs, run_cli):
+    import torch
+    import zarr
+
+    from surrogate.inloop import block_stress_error
+
+    (runs / "select.yaml").write_text(json.dumps({"width": 16, "epochs": 20, "candidates": 3,
+                                                  "split": {"validation": 0.25, "test": 0.125, "held_out": []}}))
+    r = run_cli("train", "--in-loop", "--store", runs / "fine.zarr", "--coarse", runs / "coarse.zarr",
+                "--out", runs / "selected", "--config", runs / "select.yaml", "--rollout-select", "2", "--quiet")
+    assert r.returncode == 0, r.stderr
+    meta = json.loads((runs / "selected" / "model.json").read_text())
+    sel = meta["rollout_selection"]
+    errors = {int(k): v for k, v in sel["errors"].items()}
+    assert 0 in errors and len(errors) >= 4 and sel["selected_epoch"] == min(errors, key=errors.get)
+    # "no correction" is the plain coarse solve: its error is the coarse partner store's, computed here
+    fine, coarse = (zarr.open_group(str(runs / n), mode="r") for n in ("fine.zarr", "coarse.zarr"))
+    sums = np.sum([block_stress_error(fine, i, coarse["stress"][i], 2) for i in sel["samples"]], axis=0)
+    assert errors[0] == pytest.approx(np.sqrt(sums[0] / sums[1]), rel=1e-4)
+    weights = torch.load(runs / "selected" / "weights.pt", weights_only=True)
+    if sel["selected_epoch"]:
+        chosen = torch.load(runs / "selected" / "candidates" / f"epoch_{sel['selected_epoch']:04d}.pt",
+                            weights_only=True)
+        assert all(torch.equal(weights[k], chosen[k]) for k in weights)
+    else:
+        last = max(k for k in weights if k.endswith(".weight"))
+        assert not weights[last].any()
