@@ -29,7 +29,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import platform
 import sys
@@ -38,32 +37,10 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from common import solve_times, write_report  # noqa: E402  (benchmarks/common.py)
+
 KEYS = ("stress_nmae_mean", "stress_nmae", "von_mises_mape", "misorientation_deg", "macro_curve", "boundary",
         "interior", "nrmse")
-
-
-def _solve_times(fine: str, indices: list[int], factors: list[int]) -> dict[str, list[float]]:
-    import dolfinx_solver  # noqa: F401  (before petsc4py)
-    from mpi4py import MPI
-
-    from solver import store as st
-    from solver.campaign import parse_campaign, sample_config
-    from solver.config import prepare_simulation
-    from solver.simulate import solve_sample
-
-    cfg = dict(st.open_store(fine).attrs["config"])
-    times: dict[str, list[float]] = {}
-    for k in factors:
-        c = json.loads(json.dumps(cfg))
-        if k > 1:
-            c["microstructure"]["coarsen"] = k
-        spec = parse_campaign(c, ROOT)
-        for i in indices:
-            setup = prepare_simulation(sample_config(spec, i), ROOT)
-            t0 = time.perf_counter()
-            solve_sample(MPI.COMM_SELF, setup)
-            times.setdefault(str(k), []).append(time.perf_counter() - t0)
-    return times
 
 
 def _correction_seconds(ens, fine: str, coarse: str, indices: list[int], repeats: int = 3) -> list[float]:
@@ -133,7 +110,8 @@ def main(argv=None) -> int:
                   f"  boundary vM MAPE {100 * m['boundary']['von_mises_mape']:5.2f} %", flush=True)
 
     timed = ens.meta["splits"]["test"][: args.timed_samples]
-    times = _solve_times(args.fine, timed, [1, 2, 4])
+    times = solve_times(args.fine, timed, {str(k): {"microstructure": {"coarsen": k}} if k > 1 else {}
+                                          for k in (1, 2, 4)})
     inference = timing(ens, args.fine, timed, coarse=args.coarse4)
     inference["end_to_end_seconds"] = _correction_seconds(ens, args.fine, args.coarse4, timed)
     fine_s, c2_s, c4_s = (float(np.mean(times[k])) for k in ("1", "2", "4"))
@@ -155,10 +133,7 @@ def main(argv=None) -> int:
             "at_least_10x_faster": report["speed"]["speedup_over_fine"]["corrected_4x"] >= 10.0}
     print(f"speed per sample: fine {fine_s:.1f} s, 2x coarser {c2_s:.2f} s, 4x coarser {c4_s:.2f} s + correction "
           f"{corr_s:.3f} s = {report['speed']['speedup_over_fine']['corrected_4x']:.1f}x faster than fine")
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
-    print(f"wrote {out}")
+    write_report(report, args.out)
     return 0
 
 

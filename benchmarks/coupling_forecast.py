@@ -34,7 +34,6 @@ A hybrid whose physics store is missing is skipped with a message.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import platform
 import sys
@@ -43,28 +42,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def _solve_times(store: str, indices: list[int], kinds) -> dict[str, list[float]]:
-    import dolfinx_solver  # noqa: F401  (before petsc4py)
-    from mpi4py import MPI
-
-    from solver import store as st
-    from solver.campaign import parse_campaign, sample_config
-    from solver.config import prepare_simulation
-    from solver.simulate import solve_sample
-
-    cfg = dict(st.open_store(store).attrs["config"])
-    times: dict[str, list[float]] = {}
-    for kind in ("crystal_plasticity",) + tuple(kinds):
-        c = json.loads(json.dumps(cfg))
-        c["solver"] = {**c.get("solver", {}), "constitutive": kind}
-        spec = parse_campaign(c, ROOT)
-        for i in indices:
-            setup = prepare_simulation(sample_config(spec, i), ROOT)
-            t0 = time.perf_counter()
-            solve_sample(MPI.COMM_SELF, setup)
-            times.setdefault(kind, []).append(time.perf_counter() - t0)
-    return times
+from common import solve_times, write_report  # noqa: E402  (benchmarks/common.py)
 
 
 def main(argv=None) -> int:
@@ -139,7 +117,8 @@ def main(argv=None) -> int:
                   f"hybrid / neural {r['hybrid_over_neural']:.3f} (all groups)")
 
     timed = nmeta["splits"]["test"][: args.timed_samples]
-    times = _solve_times(args.store, timed, hybrids)
+    times = solve_times(args.store, timed, {kind: {"solver": {"constitutive": kind}}
+                                           for kind in ("crystal_plasticity",) + tuple(hybrids)})
     roll = {}
     for name, (model, physics, _) in [*hybrids.items(), ("neural", (neural, next(iter(hybrids.values()))[1], ""))]:
         ds = TrajectoryDataset(args.store, timed, physics)
@@ -164,10 +143,7 @@ def main(argv=None) -> int:
     report["speed"] = {"samples": timed, "seconds_per_sample": per, "speedup_over_solver": speedup,
                        "all_solve_seconds": times}
     print("speed per sample: " + ", ".join(f"{k} {v:.3f} s" for k, v in per.items()))
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
-    print(f"wrote {out}")
+    write_report(report, args.out)
     return 0
 
 

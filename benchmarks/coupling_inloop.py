@@ -27,7 +27,6 @@ Usage (stores of the campaign made after the plastic deformation was stored)::
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import platform
 import sys
@@ -35,6 +34,8 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from common import solve_times, write_report  # noqa: E402  (benchmarks/common.py)
 
 KEYS = ("stress_nmae_mean", "von_mises_mape", "misorientation_deg", "macro_curve", "boundary", "interior")
 
@@ -64,30 +65,6 @@ def block_errors(fine: str, coarse: str, samples: list[int], factor: int) -> dic
     return {"fp_rms": float(np.sqrt(np.mean(sq["fp"]))), "slip_resistance_rms_mpa": float(np.sqrt(np.mean(sq["xi"])) / 1e6),
             "stress_rel_l2": float(np.sqrt(np.sum(sq["stress"]) / np.sum(sq["stress_ref"]))),
             "von_mises_mape_of_block_means": float(np.mean(sq["vm"]))}
-
-
-def _solve_times(fine: str, indices: list[int], runs: dict[str, dict]) -> dict[str, list[float]]:
-    import dolfinx_solver  # noqa: F401  (before petsc4py)
-    from mpi4py import MPI
-
-    from solver import store as st
-    from solver.campaign import parse_campaign, sample_config
-    from solver.config import prepare_simulation
-    from solver.simulate import solve_sample
-
-    cfg = dict(st.open_store(fine).attrs["config"])
-    times: dict[str, list[float]] = {}
-    for name, change in runs.items():
-        c = json.loads(json.dumps(cfg))
-        for section, values in change.items():
-            c.setdefault(section, {}).update(values)
-        spec = parse_campaign(c, ROOT)
-        for i in indices:
-            setup = prepare_simulation(sample_config(spec, i), ROOT)
-            t0 = time.perf_counter()
-            solve_sample(MPI.COMM_SELF, setup)
-            times.setdefault(name, []).append(time.perf_counter() - t0)
-    return times
 
 
 def main(argv=None) -> int:
@@ -156,7 +133,7 @@ def main(argv=None) -> int:
                   flush=True)
 
     timed = splits["test"][: args.timed_samples]
-    times = _solve_times(args.fine, timed, {
+    times = solve_times(args.fine, timed, {
         "fine": {}, "coarse_4x": {"microstructure": {"coarsen": 4}},
         "coarse_4x_in_loop": {"microstructure": {"coarsen": 4}, "solver": {"correction_in_loop": args.state_model}}})
     mean = {k: float(np.mean(v)) for k, v in times.items()}
@@ -165,10 +142,7 @@ def main(argv=None) -> int:
                        "speedup_over_fine": {k: mean["fine"] / v for k, v in mean.items() if k != "fine"}}
     print(f"speed per sample: fine {mean['fine']:.1f} s, 4x coarser {mean['coarse_4x']:.2f} s, with the state "
           f"corrected in the loop {mean['coarse_4x_in_loop']:.2f} s")
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
-    print(f"wrote {out}")
+    write_report(report, args.out)
     return 0
 
 

@@ -20,7 +20,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import platform
 import sys
@@ -28,6 +27,8 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from common import write_report  # noqa: E402  (benchmarks/common.py)
 
 
 def _solve(model: str | None):
@@ -132,10 +133,7 @@ def main(argv=None) -> int:
     print(f"polycrystal: final stress {sp[-1] / 1e6:.2f} (physics) vs {sq[-1] / 1e6:.2f} MPa (learned), von Mises MAPE "
           f"{100 * pc['von_mises_mape']:.2f} %; Newton {pc['newton_iterations']}; wall {runs['physics']['wall']:.1f} vs "
           f"{runs['learned']['wall']:.1f} s (constitutive {pc['constitutive_seconds']})")
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
-    print(f"wrote {out}")
+    write_report(report, args.out)
     return 0
 
 

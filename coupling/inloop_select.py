@@ -79,30 +79,20 @@ def select_by_rollout(model: str | pathlib.Path, n_samples: int, quiet: bool = F
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
     samples = make_splits(meta["fine_store"], SplitSpec.from_config(meta["config"]["split"]))["validation"]
     samples = samples[:n_samples]
-    errors = {0: rollout_error(meta, None, samples)}
-    say(f"train --in-loop: rollout selection on {len(samples)} validation samples: no correction, block stress "
-        f"error {100 * errors[0]:.2f} %")
+    errors = {}
     with tempfile.TemporaryDirectory(prefix="slipstream-inloop-") as tmp:
         shutil.copy(model / "model.json", pathlib.Path(tmp) / "model.json")
         for f in files:
             epoch = int(f.stem.split("_")[1])
-            shutil.copy(f, pathlib.Path(tmp) / "weights.pt")
-            errors[epoch] = rollout_error(meta, tmp, samples)
-            say(f"train --in-loop: rollout selection: epoch {epoch}, block stress error {100 * errors[epoch]:.2f} %")
+            if epoch == 0:  # the untrained model hands back the solver's own state: the plain coarse solve
+                errors[0] = rollout_error(meta, None, samples)
+            else:
+                shutil.copy(f, pathlib.Path(tmp) / "weights.pt")
+                errors[epoch] = rollout_error(meta, tmp, samples)
+            say(f"train --in-loop: rollout selection on {len(samples)} validation samples: "
+                + (f"epoch {epoch}" if epoch else "no correction") + f", block stress error {100 * errors[epoch]:.2f} %")
     best = min(errors, key=errors.get)
-    if best == 0:  # no trained candidate helps in the loop: zero the last layer (hands back the solver's state)
-        import torch
-
-        from surrogate.inloop import load_state_correction
-
-        net, _ = load_state_correction(model)
-        last = net.net[-1]
-        with torch.no_grad():
-            last.weight.zero_()
-            last.bias.zero_()
-        torch.save({k: v.detach().cpu() for k, v in net.state_dict().items()}, model / "weights.pt")
-    else:
-        shutil.copy(model / "candidates" / f"epoch_{best:04d}.pt", model / "weights.pt")
+    shutil.copy(model / "candidates" / f"epoch_{best:04d}.pt", model / "weights.pt")
     selection = {"samples": samples, "errors": {str(k): v for k, v in errors.items()}, "selected_epoch": best,
                  "one_step_selected_epoch": meta.get("selected_epoch")}
     meta["rollout_selection"] = selection

@@ -251,14 +251,15 @@ def build_pairs(fine: StoreInfo, partners: Sequence[StoreInfo], samples: Sequenc
 
 #: ``select``: ``best`` keeps the epoch of the lowest mean validation error ratio (``Fp`` and ``xi``), and
 #: the untrained model (no correction) if no epoch beats it; ``last`` keeps the last epoch. ``candidates``: also
-#: keep this many evenly spaced epochs' weights (and the selected one's) in ``candidates/``, for a selection
+#: keep this many evenly spaced epochs' weights (and the selected one's, and the untrained one's as epoch 0) in
+#: ``candidates/``, for a selection
 #: by the error of solves with the model in the loop (:mod:`coupling.inloop_select`).
 TRAIN_DEFAULTS: dict[str, Any] = {"width": 32, "layers": 3, "epochs": 60, "batch_size": 64,
                                   "learning_rate": 2e-3, "weight_decay": 1e-4, "seed": 0, "split": None,
                                   "select": "best", "candidates": 0}
 
 
-def state_errors(model: StateCorrection | None, x: np.ndarray, y: np.ndarray, n_slip: int) -> dict[str, float]:
+def state_errors(model: StateCorrection | None, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """RMS state error left after the correction (``model=None``: of the uncorrected coarse solve), per part.
 
     ``fp``: RMS of ``Fp`` components; ``xi_mpa``: RMS slip resistance in MPa; ``*_ratio``: the same relative to
@@ -350,7 +351,7 @@ def train_state_correction(store: str | Path, coarse: Sequence[str | Path], out:
     # candidates for a selection by rollout (coupling.inloop_select): evenly spaced epochs
     n_cand = int(cfg["candidates"])
     keep = {round(epochs * (k + 1) / n_cand) for k in range(n_cand)} if n_cand else set()
-    candidates = {}
+    candidates = {0: best["state"]} if n_cand else {}  # epoch 0: no correction
     for epoch in range(1, epochs + 1):
         model.train()
         perm = torch.randperm(n, generator=gen)
@@ -364,7 +365,7 @@ def train_state_correction(store: str | Path, coarse: Sequence[str | Path], out:
             sched.step()
             total += loss.item() * len(idx)
         model.eval()
-        val = state_errors(model, x_val, y_val, fine.n_slip)
+        val = state_errors(model, x_val, y_val)
         score = 0.5 * (val["fp_ratio"] + val["xi_mpa_ratio"])
         history.append({"epoch": epoch, "train_loss": total / n, **val})
         if score < best["score"] or cfg["select"] == "last":
@@ -391,12 +392,12 @@ def train_state_correction(store: str | Path, coarse: Sequence[str | Path], out:
         "training_pairs": int(n),
         "selected_epoch": best["epoch"],
         "history": history,
-        "validation": {"coarse": state_errors(None, x_val, y_val, fine.n_slip),
-                       "corrected": state_errors(model, x_val, y_val, fine.n_slip)},
+        "validation": {"coarse": state_errors(None, x_val, y_val),
+                       "corrected": state_errors(model, x_val, y_val)},
         "seconds": time.perf_counter() - t0,
     }
     save_state_correction(model, meta, out)
-    if candidates or n_cand:
+    if n_cand:
         candidates[best["epoch"]] = best["state"]
         cdir = Path(out) / "candidates"
         cdir.mkdir(exist_ok=True)

@@ -177,7 +177,7 @@ def test_dagger_rounds_train_on_the_states_the_corrected_solve_reaches(runs, run
     fine, coarse = store_info(runs / "fine.zarr"), store_info(runs / "coarse.zarr")
     splits = make_splits(fine.path, SplitSpec.from_config(meta["config"]["split"]))
     x, y = build_pairs(fine, [coarse], splits["train"], 2)
-    err = state_errors(model, x, y, 12)
+    err = state_errors(model, x, y)
     assert err["fp_ratio"] < 0.9 and err["xi_mpa_ratio"] < 0.9, err
     # the solve with round 0 in its loop reaches other states than the open-loop one...
     r = run_cli("campaign", runs / "tiny.yaml", "--store", runs / "dagger.zarr", "--coarsen", "2",
