@@ -327,6 +327,8 @@ def run_simulation(comm, config_path, out, overwrite=False, quiet=False) -> dict
     Everything is checked before anything is written; an existing run
     directory is kept unless ``overwrite``.
 
+    Collective: every rank returns once rank 0 has written the run directory.
+
     Returns:
         A summary dict (rank 0; other ranks get ``{}``).
     """
@@ -393,4 +395,6 @@ def run_simulation(comm, config_path, out, overwrite=False, quiet=False) -> dict
             "wall_time_s": float(fields["wall_time"]), "ranks": comm.size,
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    # collective to the end: no rank returns before the run directory is written (callers read it next)
+    comm.Barrier()
     return summary

@@ -17,6 +17,7 @@ refused. The defaults are those of the shipped model (docs/surrogate.md)::
     workers: 0                       # DataLoader workers per rank
     cache_samples: 512               # decoded samples kept per worker
     trust_tolerance: 0.05            # relative von Mises error the trust score asks for
+    augment: false                   # train on the square's 8 symmetric copies of each map (surrogate.symmetry)
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ DEFAULTS: dict[str, Any] = {
     "workers": 0,
     "cache_samples": 512,
     "trust_tolerance": 0.05,
+    "augment": False,
 }
 
 
@@ -107,6 +109,8 @@ def train_config(cfg: Mapping[str, Any] | str | Path | None = None, **overrides)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
             raise ConfigError(f"train config: {key} must be a non-negative number, got {v!r}")
     out["workers"], out["seed"] = int(out["workers"]), int(out["seed"])
+    if not isinstance(out["augment"], bool):
+        raise ConfigError(f"train config: augment must be true or false, got {out['augment']!r}")
     weights = dict(DEFAULT_WEIGHTS)
     if out["loss_weights"] is not None:
         if not isinstance(out["loss_weights"], dict):

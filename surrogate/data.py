@@ -32,7 +32,7 @@ from solver.loading import MODES
 from solver.materials import material_from_config
 from solver.rotations import euler_to_matrix
 
-from . import features
+from . import features, symmetry
 
 
 @dataclass(frozen=True)
@@ -335,6 +335,8 @@ class CampaignDataset(torch.utils.data.Dataset):
         samples: sample indices (done samples; see :func:`make_splits`).
         steps: output steps to serve (default: every step after the initial one).
         cache_samples: decoded samples kept per worker (LRU).
+        augment: serve each item as one of the square's symmetric copies of its sample,
+            drawn at random from torch's generator (:mod:`surrogate.symmetry`; training only).
 
     Each item is a dict of tensors: ``fields (Cf, ny, nx)``, ``condition (Nc,)``,
     ``schmid (ns, ny, nx)``, ``g0 (9, ny, nx)``, ``target (16, ny, nx)``,
@@ -342,8 +344,9 @@ class CampaignDataset(torch.utils.data.Dataset):
     ``sample`` and ``step`` (ints).
     """
 
-    def __init__(self, path: str | Path, samples, steps=None, cache_samples: int = 512):
+    def __init__(self, path: str | Path, samples, steps=None, cache_samples: int = 512, augment: bool = False):
         self.path = str(path)
+        self.augment = bool(augment)
         self.info = store_info(path)
         self.samples = [int(i) for i in samples]
         self.steps = list(range(1, self.info.n_steps)) if steps is None else [int(s) for s in steps]
@@ -379,11 +382,14 @@ class CampaignDataset(torch.utils.data.Dataset):
         sample = self.samples[item // len(self.steps)]
         step = self.steps[item % len(self.steps)]
         d = self.sample_data(sample)
-        return {"fields": torch.from_numpy(d.fields), "condition": torch.from_numpy(d.condition[step]),
-                "schmid": torch.from_numpy(d.schmid), "g0": torch.from_numpy(d.g0),
-                "target": torch.from_numpy(d.targets[step]), "dominant": torch.from_numpy(d.dominant[step]),
-                "macro_stress": torch.from_numpy(d.macro_stress[step]),
-                "boundary": torch.from_numpy(d.boundary), "sample": sample, "step": step}
+        arrays = {"fields": d.fields, "condition": d.condition[step], "schmid": d.schmid, "g0": d.g0,
+                  "target": d.targets[step], "dominant": d.dominant[step], "macro_stress": d.macro_stress[step],
+                  "boundary": d.boundary}
+        if self.augment:
+            elements = symmetry.elements_for(d.boundary.shape)
+            arrays = symmetry.transform_item(arrays, elements[int(torch.randint(len(elements), ()))])
+        return {**{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()},
+                "sample": sample, "step": step}
 
 
 def channel_statistics(dataset: CampaignDataset, max_samples: int = 128) -> dict[str, np.ndarray]:

@@ -301,6 +301,9 @@ def train(store: str | Path, out: str | Path, config=None, *, resume: bool = Fal
         try:
             if out.exists() and not out.is_dir():
                 raise ModelError(f"{out}: exists and is not a directory")
+            if coarse is not None and cfg["augment"]:
+                raise ConfigError("train config: augment is for the surrogate's own training; a "
+                                  "low-resolution correction's coarse-partner channels are not transformed")
             _refuse_foreign(out, cfg, info, resume)
             recorded = out / "train_config.json"
             if resume and recorded.is_file():
@@ -325,7 +328,8 @@ def train(store: str | Path, out: str | Path, config=None, *, resume: bool = Fal
         raise {"ConfigError": ConfigError, "ModelError": ModelError, "StoreError": StoreError}[kind](msg)
     splits = decision["splits"]
     log = (lambda msg: None) if quiet else ctx.say
-    datasets = {name: campaign_dataset(store, splits[name], coarse, cache_samples=cfg["cache_samples"])
+    datasets = {name: campaign_dataset(store, splits[name], coarse, cache_samples=cfg["cache_samples"],
+                                       **({"augment": True} if name == "train" and cfg["augment"] else {}))
                 for name in ("train", "validation")}
     log(f"train: {info.path}: {len(splits['train'])} training, {len(splits['validation'])} validation, "
         f"{len(splits['test'])} test, {len(splits['held_out'])} held-out samples; "

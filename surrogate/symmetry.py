@@ -1,0 +1,149 @@
+"""The square's symmetries acting on a periodic 2-D voxel sample: training-data augmentation.
+
+A map rotated by 90 degrees about the sample normal (or mirrored), loaded
+along the rotated (mirrored) direction, is solved by the rotated (mirrored)
+fields: the boundary-value problem on a periodic grid of cubes has the
+symmetry of the square (the dihedral group D4, 8 elements), and a cubic
+crystal's response is centrosymmetric, so a mirror acts on the crystals as the
+proper rotation ``Q = -M``. One solved sample is therefore 8 samples for
+training, at the cost of an index permutation and some tensor rotations.
+
+Conventions (those of :mod:`surrogate.features`): voxel ``(j, i)`` of a
+``(..., ny, nx)`` map has its centre at ``x = i + 1/2``, ``y = j + 1/2`` (voxel
+units, periodic); an element ``(k, mirror)`` maps the in-plane position
+``p -> A p``, ``A = R(90 deg k) diag(-1 if mirror else 1, 1)``, and the 3-D
+problem by the proper rotation ``Q = det(A3) A3``, ``A3 = diag(A, 1)``. Then
+
+* a voxel's value moves to the image of its centre;
+* orientations ``g -> g Q^T`` (passive, lab -> crystal);
+* symmetric tensors ``T -> Q T Q^T`` (stress, strain, the load's stress direction);
+* lattice rotation vectors ``w -> Q w`` (an axial vector: ``det(M) M w`` for a mirror ``M``);
+* the cubic orientation tensor (4th order) ``T_abcd -> Q_ai Q_bj Q_ck Q_dl T_ijkl``;
+* scalars, sorted Schmid factors, the load stiffness, the signed Schmid factors
+  (``g S g^T`` is unchanged) and grain-boundary features only move with their voxels.
+
+A non-square grid keeps the elements that map it onto itself (no quarter turns).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+
+from . import features
+
+#: The 8 elements ``(quarter turns, mirror)`` of the square's symmetry group; ``(0, False)`` is the identity.
+ELEMENTS = tuple((k, m) for m in (False, True) for k in range(4))
+
+
+def in_plane(element: tuple[int, bool]) -> np.ndarray:
+    """``A``: the element's integer 2 x 2 map of in-plane positions ``(x, y)``."""
+    k, mirror = element
+    c, s = round(math.cos(k * math.pi / 2)), round(math.sin(k * math.pi / 2))
+    A = np.array([[c, -s], [s, c]])
+    return A @ np.diag([-1, 1]) if mirror else A
+
+
+def proper_rotation(element: tuple[int, bool]) -> np.ndarray:
+    """``Q``, ``(3, 3)``: the rotation the element applies to crystals, tensors and rotation vectors."""
+    A3 = np.eye(3)
+    A3[:2, :2] = in_plane(element)
+    return np.linalg.det(A3) * A3
+
+
+def elements_for(shape: tuple[int, int]) -> tuple[tuple[int, bool], ...]:
+    """The elements that map a ``(ny, nx)`` grid onto itself: all 8 for a square, else 4."""
+    ny, nx = shape
+    return ELEMENTS if ny == nx else tuple(e for e in ELEMENTS if e[0] % 2 == 0)
+
+
+def move_voxels(x: np.ndarray, element: tuple[int, bool]) -> np.ndarray:
+    """Move each voxel of ``(..., ny, nx)`` to the image of its centre (periodic)."""
+    ny, nx = x.shape[-2:]
+    if element not in elements_for((ny, nx)):
+        raise ValueError(f"element {element} does not map a {ny} x {nx} grid onto itself")
+    jj, ii = np.meshgrid(np.arange(ny) + 0.5, np.arange(nx) + 0.5, indexing="ij")
+    # the source of new voxel p' is A^T p' (A is orthogonal)
+    src = np.tensordot(in_plane(element).T, np.stack([ii, jj]), axes=1)
+    i = np.floor(np.mod(src[0], nx)).astype(int)
+    j = np.floor(np.mod(src[1], ny)).astype(int)
+    return x[..., j, i]
+
+
+def _tensor(v: np.ndarray, axis: int) -> np.ndarray:
+    """Voigt 6 (11, 22, 33, 23, 13, 12; tensor components) along ``axis`` -> ``(..., 3, 3)`` last."""
+    v = np.moveaxis(v, axis, -1)
+    s11, s22, s33, s23, s13, s12 = (v[..., k] for k in range(6))
+    return np.stack([np.stack([s11, s12, s13], -1), np.stack([s12, s22, s23], -1),
+                     np.stack([s13, s23, s33], -1)], -2)
+
+
+def rotate_voigt(v: np.ndarray, Q: np.ndarray, axis: int = 0) -> np.ndarray:
+    """``Q T Q^T`` of symmetric tensors given as Voigt 6-vectors (tensor components) along ``axis``."""
+    T = _tensor(np.asarray(v), axis)
+    R = Q @ T @ Q.T
+    out = np.stack([R[..., 0, 0], R[..., 1, 1], R[..., 2, 2], R[..., 1, 2], R[..., 0, 2], R[..., 0, 1]], -1)
+    return np.moveaxis(out, -1, axis).astype(np.asarray(v).dtype)
+
+
+def rotate_vector(v: np.ndarray, Q: np.ndarray, axis: int = 0) -> np.ndarray:
+    """``Q v`` of 3-vectors along ``axis``."""
+    return np.moveaxis(np.tensordot(np.moveaxis(v, axis, -1), Q.T, axes=1), -1, axis).astype(np.asarray(v).dtype)
+
+
+def rotate_orientation_tensor(t: np.ndarray, Q: np.ndarray, axis: int = 0) -> np.ndarray:
+    """The cubic orientation tensor (:func:`surrogate.features.cubic_orientation_tensor`'s 15
+    components along ``axis``) of the crystals rotated by ``Q``."""
+    t = np.moveaxis(np.asarray(t), axis, -1)
+    full = np.zeros(t.shape[:-1] + (3, 3, 3, 3), dtype=np.float64)
+    for k, (a, b, c, d) in enumerate(features._SYM4):
+        for p in set(itertools.permutations((a, b, c, d))):
+            full[(...,) + p] = t[..., k]
+    full = np.einsum("ai,bj,ck,dl,...ijkl->...abcd", Q, Q, Q, Q, full, optimize=True)
+    out = np.stack([full[(...,) + idx] for idx in features._SYM4], -1)
+    return np.moveaxis(out, -1, axis).astype(t.dtype)
+
+
+def transform_item(item: dict[str, np.ndarray], element: tuple[int, bool]) -> dict[str, np.ndarray]:
+    """One training item (:class:`surrogate.data.CampaignDataset`'s arrays) of the transformed sample.
+
+    Args:
+        item: ``fields (Cf, ny, nx)`` (:func:`surrogate.features.sample_inputs`: orientation
+            tensor first), ``condition (N_CONDITION,)``, ``schmid (ns, ny, nx)``, ``g0 (9, ny, nx)``,
+            ``target (16, ny, nx)``, ``dominant``, ``boundary (ny, nx)``, ``macro_stress (6,)``;
+            other keys are copied.
+        element: one of :func:`elements_for` the grid.
+
+    Returns:
+        A new dict with the same keys and shapes.
+    """
+    if element == (0, False):
+        return dict(item)
+    Q = proper_rotation(element)
+    out = dict(item)
+    fields = move_voxels(item["fields"], element).copy()
+    n = features.N_ORIENTATION
+    fields[:n] = rotate_orientation_tensor(fields[:n], Q)
+    out["fields"] = fields
+    condition = np.array(item["condition"], copy=True)
+    sl = slice(features.N_MODES, features.N_MODES + 6)
+    S = condition[sl].astype(np.float64)
+    S[3:] /= math.sqrt(2.0)  # the condition's shear components carry sqrt 2 (a Frobenius-norm vector)
+    S = rotate_voigt(S, Q)
+    S[3:] *= math.sqrt(2.0)
+    condition[sl] = S
+    out["condition"] = condition
+    out["schmid"] = move_voxels(item["schmid"], element)
+    g = move_voxels(item["g0"], element).reshape(3, 3, *item["g0"].shape[-2:])
+    out["g0"] = np.einsum("abyx,cb->acyx", g, Q).reshape(item["g0"].shape).astype(item["g0"].dtype)
+    target = move_voxels(item["target"], element).copy()
+    for name in ("stress", "strain"):
+        target[features.TARGETS[name]] = rotate_voigt(target[features.TARGETS[name]], Q)
+    target[features.TARGETS["rotation"]] = rotate_vector(target[features.TARGETS["rotation"]], Q)
+    out["target"] = target
+    out["dominant"] = move_voxels(item["dominant"], element)
+    out["boundary"] = move_voxels(item["boundary"], element)
+    out["macro_stress"] = rotate_voigt(item["macro_stress"], Q)
+    return out
