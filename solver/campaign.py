@@ -452,6 +452,44 @@ def load_campaign(path, coarsen: int | None = None, constitutive: str | None = N
     return parse_campaign(cfg, path.parent)
 
 
+#: ``solver`` keys naming a model directory whose weights shape the solves
+MODEL_KEYS = ("learned_model", "correction_in_loop")
+
+
+def model_digests(spec: CampaignSpec) -> dict[str, str]:
+    """SHA-256 of the files of each model directory the campaign's solves use (:data:`MODEL_KEYS`).
+
+    The config names a model by its path; a store records these digests so that
+    resuming it after the model was retrained at the same path is refused
+    rather than mixing two models' samples in one store.
+    """
+    import hashlib
+
+    out = {}
+    for key in MODEL_KEYS:
+        value = (spec.config.get("solver") or {}).get(key)
+        if not value:
+            continue
+        path = pathlib.Path(value)
+        path = path if path.is_absolute() else pathlib.Path(spec.base_dir) / path
+        digest = hashlib.sha256()
+        for f in sorted(p for p in path.iterdir() if p.is_file()):
+            digest.update(f.name.encode() + b"\0" + f.read_bytes())
+        out[key] = digest.hexdigest()
+    return out
+
+
+def _check_models_unchanged(group, spec: CampaignSpec, path) -> None:
+    recorded = group.attrs.get("model_digests")
+    if recorded is None:  # stores made before digests were recorded
+        return
+    for key, digest in model_digests(spec).items():
+        if recorded.get(key) != digest:
+            raise StoreError(f"store {path} was solved with solver.{key} {spec.config['solver'][key]} as it was "
+                             "then; that model has changed since (other weights). Use a new store, or the "
+                             "model the store was started with")
+
+
 def _same_apart_from_samples(a: dict, b: dict) -> bool:
     strip = lambda c: {k: v for k, v in c.items() if k != "samples"}  # noqa: E731
     return store.config_fingerprint(strip(a)) == store.config_fingerprint(strip(b))
@@ -563,6 +601,9 @@ def open_or_create_store(spec: CampaignSpec, path, *, extend: bool = False):
             group = store.create_store(path, overwrite=empty_dir, **create_kw)
         except OSError as exc:
             raise StoreError(f"cannot create store {path}: {exc.strerror or exc}") from None
+        digests = model_digests(spec)
+        if digests:
+            group.attrs["model_digests"] = digests
         return group, "created"
     if path.exists() and not path.is_dir():
         raise StoreError(f"{path} exists and is not a directory (a Zarr store is a directory)")
@@ -573,6 +614,8 @@ def open_or_create_store(spec: CampaignSpec, path, *, extend: bool = False):
     if not isinstance(stored, dict) or "samples" not in stored:
         store.check_compatible(group, spec.config)  # a store not made by a campaign: refused
     same = store.config_fingerprint(stored) == store.config_fingerprint(spec.config)
+    if same or _same_apart_from_samples(stored, spec.config):
+        _check_models_unchanged(group, spec, path)
     if same and stored_n == spec.samples:
         _store_sizes_consistent(group)
         return group, "resumed"

@@ -501,3 +501,24 @@ def test_a_store_made_before_the_plastic_deformation_was_stored_resumes_without_
     campaign.run_campaign(MPI.COMM_SELF, TINY, tmp_path / "new.zarr", quiet=True)
     g = store.open_store(tmp_path / "new.zarr")
     assert g.attrs["with_plastic_deformation"] and not np.any(np.isnan(g["plastic_deformation"][:]))
+
+
+@pytest.mark.skip_in_parallel
+def test_a_store_refuses_to_resume_with_a_changed_model(tempdir):
+    """A store solved with a learned model records its digest: the same path with other weights is refused."""
+    model = tempdir / "learned"
+    shutil.copytree(ROOT / "surrogate" / "pretrained" / "learned_update_al", model)
+    spec = campaign.parse_campaign(tiny_config(materials=["Al-DAMASK"],
+                                               solver={"constitutive": "learned", "learned_model": str(model)}),
+                                   ROOT / "examples")
+    path = tempdir / "learned.zarr"
+    group, action = campaign.open_or_create_store(spec, path)
+    assert action == "created" and set(group.attrs["model_digests"]) == {"learned_model"}
+    assert campaign.open_or_create_store(spec, path)[1] == "resumed"
+    weights = model / "learned_update.pt"
+    weights.write_bytes(weights.read_bytes() + b"\0")  # retrained in place (as far as the store can tell)
+    with pytest.raises(StoreError, match="has changed since"):
+        campaign.open_or_create_store(spec, path)
+    grown = campaign.parse_campaign({**spec.config, "samples": spec.samples + 2}, ROOT / "examples")
+    with pytest.raises(StoreError, match="has changed since"):
+        campaign.open_or_create_store(grown, path, extend=True)
