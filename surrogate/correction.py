@@ -194,7 +194,7 @@ class CorrectionDataset(CampaignDataset):
 
 def campaign_dataset(store, samples, coarse=None, upsampling: str = "grain", **kwargs) -> CampaignDataset:
     """The dataset a model reads: :class:`CorrectionDataset` given a coarse partner, else
-    :class:`~surrogate.data.CampaignDataset` (``kwargs``: ``steps``, ``cache_samples``)."""
+    :class:`~surrogate.data.CampaignDataset` (``kwargs``: ``steps``, ``cache_samples``; for a surrogate also ``augment``, ``element``)."""
     if coarse is None:
         return CampaignDataset(store, samples, **kwargs)
     return CorrectionDataset(store, coarse, samples, upsampling=upsampling, **kwargs)

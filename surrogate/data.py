@@ -337,6 +337,8 @@ class CampaignDataset(torch.utils.data.Dataset):
         cache_samples: decoded samples kept per worker (LRU).
         augment: serve each item as one of the square's symmetric copies of its sample,
             drawn at random from torch's generator (:mod:`surrogate.symmetry`; training only).
+        element: serve every item as this one symmetric copy (one of
+            :data:`surrogate.symmetry.ELEMENTS`; for measuring how equivariant a model is).
 
     Each item is a dict of tensors: ``fields (Cf, ny, nx)``, ``condition (Nc,)``,
     ``schmid (ns, ny, nx)``, ``g0 (9, ny, nx)``, ``target (16, ny, nx)``,
@@ -344,9 +346,11 @@ class CampaignDataset(torch.utils.data.Dataset):
     ``sample`` and ``step`` (ints).
     """
 
-    def __init__(self, path: str | Path, samples, steps=None, cache_samples: int = 512, augment: bool = False):
+    def __init__(self, path: str | Path, samples, steps=None, cache_samples: int = 512, augment: bool = False,
+                 element: tuple[int, bool] | None = None):
         self.path = str(path)
         self.augment = bool(augment)
+        self.element = None if element is None else (int(element[0]), bool(element[1]))
         self.info = store_info(path)
         self.samples = [int(i) for i in samples]
         self.steps = list(range(1, self.info.n_steps)) if steps is None else [int(s) for s in steps]
@@ -388,6 +392,8 @@ class CampaignDataset(torch.utils.data.Dataset):
         if self.augment:
             elements = symmetry.elements_for(d.boundary.shape)
             arrays = symmetry.transform_item(arrays, elements[int(torch.randint(len(elements), ()))])
+        elif self.element is not None:
+            arrays = symmetry.transform_item(arrays, self.element)
         return {**{k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()},
                 "sample": sample, "step": step}
 

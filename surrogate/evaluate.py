@@ -189,7 +189,8 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
 
 def evaluate_split(ensemble: Ensemble | None, store: str, samples: list[int], batch_size: int = 32,
                    keep: int = 0, *, coarse: str | None = None, upsampling: str = "grain",
-                   predictor=None, tolerance: float | None = None) -> tuple[dict[str, Any], list[dict]]:
+                   predictor=None, tolerance: float | None = None,
+                   element: tuple[int, bool] | None = None) -> tuple[dict[str, Any], list[dict]]:
     """Metrics of ``ensemble`` on ``samples`` of ``store``; also up to ``keep`` samples' last-step maps.
 
     Args:
@@ -198,10 +199,14 @@ def evaluate_split(ensemble: Ensemble | None, store: str, samples: list[int], ba
         predictor: ``f(batch) -> (pred, trust)`` in place of the ensemble (baselines,
             e.g. :func:`surrogate.correction.coarse_baseline`); ``tolerance`` then
             sets the trust tolerance (default 5 %).
+        element: evaluate on this symmetric copy of every sample (:mod:`surrogate.symmetry`;
+            not with ``coarse``): a rotated or mirrored map is as physical as the map itself.
     """
     from .correction import campaign_dataset
 
-    ds = campaign_dataset(store, samples, coarse, upsampling)
+    if element is not None and coarse is not None:
+        raise ConfigError("a low-resolution correction is not evaluated on symmetric copies")
+    ds = campaign_dataset(store, samples, coarse, upsampling, **({"element": element} if element else {}))
     # whole samples per batch keep the per-sample records together
     steps = len(ds.steps)
     loader = DataLoader(ds, batch_size=max(1, batch_size // steps) * steps, shuffle=False, collate_fn=collate)

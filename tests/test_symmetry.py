@@ -158,6 +158,14 @@ def test_augmented_items_are_symmetric_copies_drawn_by_the_seed(tmp_path):
         assert matches, f"item {i} is no symmetric copy of its sample"
         drawn.add(matches[0])
     assert len(drawn) >= 4  # 16 draws over 8 elements
+    # one fixed copy of every sample (evaluation on rotated maps)
+    fixed = CampaignDataset(store, [0, 1], element=(1, True))
+    for i in range(len(fixed)):
+        base = {k: v.numpy() for k, v in plain[i].items() if isinstance(v, torch.Tensor)}
+        want = symmetry.transform_item(base, (1, True))
+        for k, v in fixed[i].items():
+            if isinstance(v, torch.Tensor):
+                np.testing.assert_array_equal(v.numpy(), want[k])
 
 
 @pytest.mark.skip_in_parallel
