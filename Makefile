@@ -37,6 +37,9 @@ benchmark: setup
 	$(PY) benchmarks/fdm_throughput.py
 	@if [ -d data/default.zarr ]; then $(PY) benchmarks/surrogate_accuracy_speed.py --store data/default.zarr; \
 	else echo "surrogate benchmark skipped: make the default campaign's store data/default.zarr first (README)"; fi
+	@if [ -d data/default.zarr ] && [ -d data/default_noaug ]; then \
+	$(PY) benchmarks/surrogate_augmentation.py --store data/default.zarr --baseline data/default_noaug; \
+	else echo "augmentation benchmark skipped: train data/default_noaug (the shipped config without augment) first (docs/benchmarks.md)"; fi
 	$(PY) benchmarks/coupling_learned_update.py
 	@if [ -d data/coarse4.zarr ] && [ -d data/coarse2.zarr ]; then $(PY) benchmarks/coupling_correction.py; \
 	else echo "correction benchmark skipped: make data/coarse4.zarr and data/coarse2.zarr first (docs/coupling.md)"; fi

@@ -106,14 +106,55 @@ def rotate_orientation_tensor(t: np.ndarray, Q: np.ndarray, axis: int = 0) -> np
     return np.moveaxis(out, -1, axis).astype(t.dtype)
 
 
+def inverse(element: tuple[int, bool]) -> tuple[int, bool]:
+    """The element that undoes ``element`` (a mirror undoes itself)."""
+    k, mirror = element
+    return (k, True) if mirror else ((-k) % 4, False)
+
+
+def transform_inputs(fields: np.ndarray, condition: np.ndarray, schmid: np.ndarray,
+                     element: tuple[int, bool]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A surrogate's inputs for the transformed sample; any leading (batch) dimensions.
+
+    Args:
+        fields: ``(..., Cf, ny, nx)`` (:func:`surrogate.features.sample_inputs`: orientation tensor first).
+        condition: ``(..., N_CONDITION)`` (:func:`surrogate.features.load_condition`).
+        schmid: ``(..., ns, ny, nx)``.
+    """
+    Q = proper_rotation(element)
+    n = features.N_ORIENTATION
+    fields = move_voxels(fields, element).copy()
+    fields[..., :n, :, :] = rotate_orientation_tensor(fields[..., :n, :, :], Q, axis=-3)
+    condition = np.array(condition, copy=True)
+    sl = slice(features.N_MODES, features.N_MODES + 6)
+    S = condition[..., sl].astype(np.float64)
+    S[..., 3:] /= math.sqrt(2.0)  # the condition's shear components carry sqrt 2 (a Frobenius-norm vector)
+    S = rotate_voigt(S, Q, axis=-1)
+    S[..., 3:] *= math.sqrt(2.0)
+    condition[..., sl] = S
+    return fields, condition, move_voxels(schmid, element)
+
+
+def transform_values(values: np.ndarray, element: tuple[int, bool]) -> np.ndarray:
+    """The 16 target channels ``(..., 16, ny, nx)`` (stress, strain, lattice rotation, slip) of the
+    transformed sample."""
+    Q = proper_rotation(element)
+    values = move_voxels(values, element).copy()
+    for name in ("stress", "strain"):
+        sl = features.TARGETS[name]
+        values[..., sl, :, :] = rotate_voigt(values[..., sl, :, :], Q, axis=-3)
+    sl = features.TARGETS["rotation"]
+    values[..., sl, :, :] = rotate_vector(values[..., sl, :, :], Q, axis=-3)
+    return values
+
+
 def transform_item(item: dict[str, np.ndarray], element: tuple[int, bool]) -> dict[str, np.ndarray]:
     """One training item (:class:`surrogate.data.CampaignDataset`'s arrays) of the transformed sample.
 
     Args:
-        item: ``fields (Cf, ny, nx)`` (:func:`surrogate.features.sample_inputs`: orientation
-            tensor first), ``condition (N_CONDITION,)``, ``schmid (ns, ny, nx)``, ``g0 (9, ny, nx)``,
-            ``target (16, ny, nx)``, ``dominant``, ``boundary (ny, nx)``, ``macro_stress (6,)``;
-            other keys are copied.
+        item: ``fields (Cf, ny, nx)``, ``condition (N_CONDITION,)``, ``schmid (ns, ny, nx)``,
+            ``g0 (9, ny, nx)``, ``target (16, ny, nx)``, ``dominant``, ``boundary (ny, nx)``,
+            ``macro_stress (6,)``; other keys are copied.
         element: one of :func:`elements_for` the grid.
 
     Returns:
@@ -123,26 +164,11 @@ def transform_item(item: dict[str, np.ndarray], element: tuple[int, bool]) -> di
         return dict(item)
     Q = proper_rotation(element)
     out = dict(item)
-    fields = move_voxels(item["fields"], element).copy()
-    n = features.N_ORIENTATION
-    fields[:n] = rotate_orientation_tensor(fields[:n], Q)
-    out["fields"] = fields
-    condition = np.array(item["condition"], copy=True)
-    sl = slice(features.N_MODES, features.N_MODES + 6)
-    S = condition[sl].astype(np.float64)
-    S[3:] /= math.sqrt(2.0)  # the condition's shear components carry sqrt 2 (a Frobenius-norm vector)
-    S = rotate_voigt(S, Q)
-    S[3:] *= math.sqrt(2.0)
-    condition[sl] = S
-    out["condition"] = condition
-    out["schmid"] = move_voxels(item["schmid"], element)
+    out["fields"], out["condition"], out["schmid"] = transform_inputs(item["fields"], item["condition"],
+                                                                      item["schmid"], element)
     g = move_voxels(item["g0"], element).reshape(3, 3, *item["g0"].shape[-2:])
     out["g0"] = np.einsum("abyx,cb->acyx", g, Q).reshape(item["g0"].shape).astype(item["g0"].dtype)
-    target = move_voxels(item["target"], element).copy()
-    for name in ("stress", "strain"):
-        target[features.TARGETS[name]] = rotate_voigt(target[features.TARGETS[name]], Q)
-    target[features.TARGETS["rotation"]] = rotate_vector(target[features.TARGETS["rotation"]], Q)
-    out["target"] = target
+    out["target"] = transform_values(item["target"], element)
     out["dominant"] = move_voxels(item["dominant"], element)
     out["boundary"] = move_voxels(item["boundary"], element)
     out["macro_stress"] = rotate_voigt(item["macro_stress"], Q)

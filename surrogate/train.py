@@ -361,6 +361,7 @@ def train(store: str | Path, out: str | Path, config=None, *, resume: bool = Fal
                 **({"coarse": correction_meta(datasets["train"])} if coarse is not None else {}),
                 "train_seconds": time.perf_counter() - t0, "processes": ctx.world, "device": ctx.device.type}
         ensemble = Ensemble([_load_member(out / m) for m in members], meta).to(ctx.device)
+        ensemble.symmetric = cfg["augment"]  # a model trained on the symmetric copies predicts with them
         cal_loader = DataLoader(datasets["validation"], batch_size=cfg["batch_size"], collate_fn=collate)
         meta["calibration"] = calibrate(ensemble, cal_loader, cfg["trust_tolerance"])
         (out / "model.json").write_text(json.dumps(meta, indent=1))

@@ -65,6 +65,8 @@ class Ensemble:
         self.members = [m.eval() for m in members]
         self.meta = dict(meta)
         self.device = torch.device("cpu")
+        #: predict every map as its symmetric copies too (set by the calibration the model carries)
+        self.symmetric = bool((self.meta.get("calibration") or {}).get("symmetric_copies"))
 
     @property
     def kwargs(self) -> dict:
@@ -79,6 +81,11 @@ class Ensemble:
     def predict(self, fields, condition, schmid) -> dict[str, torch.Tensor]:
         """Ensemble prediction in SI units.
 
+        With :attr:`symmetric`, every member also predicts the map's copies under
+        the square's symmetries (:mod:`surrogate.symmetry`), mapped back; mean
+        and spread are then over members x copies, so a model's disagreement
+        with the symmetry the physics has counts as uncertainty.
+
         Args:
             fields ``(B, Cf, y, x)``, condition ``(B, Nc)``, schmid ``(B, ns, y, x)``.
 
@@ -87,16 +94,28 @@ class Ensemble:
             ``von_mises``, ``von_mises_spread`` ``(B, y, x)``, ``slip_probability``
             ``(B, ns, y, x)`` (mean of the members' softmax).
         """
+        from . import symmetry
+
+        elements = symmetry.elements_for(tuple(fields.shape[-2:])) if self.symmetric else [(0, False)]
         vals, vms, probs = [], [], []
-        args = [t.to(self.device, torch.float32) for t in (fields, condition, schmid)]
-        for m in self.members:
-            out = m(*args)
-            v = m.physical(out["values"].float())
-            vals.append(v)
-            vms.append(von_mises(v[:, features.TARGETS["stress"]]))
-            probs.append(torch.softmax(out["slip_logits"].float(), dim=1))
+        for element in elements:
+            inputs = (fields, condition, schmid)
+            if element != (0, False):
+                inputs = symmetry.transform_inputs(*(torch.as_tensor(t).cpu().numpy() for t in inputs), element)
+            args = [torch.as_tensor(t).to(self.device, torch.float32) for t in inputs]
+            back = symmetry.inverse(element)
+            for m in self.members:
+                out = m(*args)
+                v = m.physical(out["values"].float())
+                p = torch.softmax(out["slip_logits"].float(), dim=1)
+                if element != (0, False):  # the copy's answer, mapped back onto the map
+                    v = torch.from_numpy(symmetry.transform_values(v.cpu().numpy(), back)).to(self.device)
+                    p = torch.from_numpy(symmetry.move_voxels(p.cpu().numpy(), back)).to(self.device)
+                vals.append(v)
+                vms.append(von_mises(v[:, features.TARGETS["stress"]]))
+                probs.append(p)
         vals, vms = torch.stack(vals), torch.stack(vms)
-        n = len(self.members)
+        n = len(vals)
         return {"values": vals.mean(0), "spread": vals.std(0, unbiased=True) if n > 1 else torch.zeros_like(vals[0]),
                 "von_mises": vms.mean(0),
                 "von_mises_spread": vms.std(0, unbiased=True) if n > 1 else torch.zeros_like(vms[0]),
@@ -280,15 +299,16 @@ def calibrate(ensemble: Ensemble, loader, tolerance: float) -> dict[str, Any]:
             "brier_score": base * (1.0 - base) if constant else float(min(brier)),
             "constant_trust": base if constant else None,
             "reliability": table, "expected_calibration_error": ece, "n_voxels": int(hit.numel()),
-            "tolerance": tolerance}
+            "tolerance": tolerance, "symmetric_copies": bool(getattr(ensemble, "symmetric", False))}
 
 
 def recalibrate(model_dir: str | Path, store: str | Path, batch_size: int = 32,
-                coarse: str | Path | None = None) -> dict[str, Any]:
+                coarse: str | Path | None = None, symmetric: bool | None = None) -> dict[str, Any]:
     """Calibrate a trained model again on its validation split (after a change of the calibration method).
 
-    ``coarse``: the coarse partner store of a low-resolution correction. Writes the new
-    ``calibration`` into ``model_dir/model.json`` and returns it.
+    ``coarse``: the coarse partner store of a low-resolution correction. ``symmetric``:
+    predict with the symmetric copies from now on (or not; default: as before). Writes the
+    new ``calibration`` into ``model_dir/model.json`` and returns it.
     """
     from torch.utils.data import DataLoader
 
@@ -297,6 +317,11 @@ def recalibrate(model_dir: str | Path, store: str | Path, batch_size: int = 32,
     from .train import collate
 
     ensemble = load_model(model_dir)
+    if symmetric is not None:
+        ensemble.symmetric = bool(symmetric)
+    if ensemble.symmetric and ensemble.meta.get("coarse"):
+        raise ModelError(f"{model_dir}: a low-resolution correction does not predict symmetric copies "
+                         "(its coarse-partner channels are not transformed)")
     info = store_info(store)
     check_fits(ensemble.meta["store"], info)
     if ensemble.meta["store"]["fingerprint"] != info.fingerprint:

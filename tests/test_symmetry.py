@@ -187,3 +187,60 @@ def test_augment_is_checked_and_refused_for_a_correction(tmp_path):
              "split": {"validation": 0.25, "test": 0.0, "held_out": []}, "augment": True}
     meta = train(store, tmp_path / "m", small, quiet=True)
     assert meta["config"]["augment"] is True and np.isfinite(meta["metrics"]["members"][0]["score"])
+    # and predicts with the symmetric copies it learned, calibrated so
+    from surrogate.uncertainty import load_model, recalibrate
+
+    assert meta["calibration"]["symmetric_copies"] is True and load_model(tmp_path / "m").symmetric
+    assert recalibrate(tmp_path / "m", store, symmetric=False)["symmetric_copies"] is False
+    assert not load_model(tmp_path / "m").symmetric
+
+
+@pytest.mark.skip_in_parallel
+def test_symmetric_prediction_is_exactly_equivariant():
+    from solver.materials import material_from_config
+    from surrogate.models import Surrogate
+    from surrogate.uncertainty import Ensemble
+    from synthetic_store import voronoi_map
+
+    rng = np.random.default_rng(3)
+    grain = voronoi_map(N, 4, rng)
+    euler = matrix_to_euler(random_matrices(4, rng))[grain]
+    C = material_from_config({"preset": "Al-DAMASK"}).stiffness_tensor()
+    inputs = features.sample_inputs(euler, grain, "shear", [1, 1, 0], "fcc", C)
+    fields = torch.from_numpy(inputs["fields"])[None]
+    schmid = torch.from_numpy(inputs["schmid"])[None]
+    condition = torch.from_numpy(features.load_condition("shear", [1, 1, 0], 0.004, 1e-3).astype(np.float32))[None]
+    torch.manual_seed(0)
+    members = [Surrogate("fno", n_fields=fields.shape[1], backbone_kwargs={"width": 8, "modes": 3, "layers": 2})
+               for _ in range(2)]
+    for m in members:  # an untrained head answers 0 everywhere: give it something to say
+        torch.nn.init.normal_(m.head[-1].weight, std=0.3)
+    plain, symmetric = Ensemble(members, {}), Ensemble(members, {"calibration": {"symmetric_copies": True}})
+    assert symmetric.symmetric and not plain.symmetric
+    reference = symmetric.predict(fields, condition, schmid)
+    for element in symmetry.ELEMENTS[1:]:
+        f, c, s = symmetry.transform_inputs(fields.numpy(), condition.numpy(), schmid.numpy(), element)
+        turned = symmetric.predict(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(s))
+        want = symmetry.transform_values(reference["values"].numpy(), element)
+        scale = np.abs(want).max(axis=(0, 2, 3), keepdims=True)
+        np.testing.assert_allclose(turned["values"].numpy() / scale, want / scale, atol=1e-5)
+        np.testing.assert_allclose(turned["von_mises"].numpy(),
+                                   symmetry.move_voxels(reference["von_mises"].numpy(), element),
+                                   rtol=1e-4, atol=1e-6 * float(reference["von_mises"].max()))
+    # a non-square map: the four elements that keep its shape
+    grain = voronoi_map(12, 4, rng)[:8]
+    euler = matrix_to_euler(random_matrices(4, rng))[grain]
+    rect = features.sample_inputs(euler, grain, "tension", [1, 0, 0], "fcc", C)
+    rect = [torch.from_numpy(rect["fields"])[None], condition, torch.from_numpy(rect["schmid"])[None]]
+    reference = symmetric.predict(*rect)
+    for element in symmetry.elements_for((8, 12))[1:]:
+        f, c, s = symmetry.transform_inputs(*(t.numpy() for t in rect), element)
+        turned = symmetric.predict(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(s))
+        want = symmetry.transform_values(reference["values"].numpy(), element)
+        scale = np.abs(want).max(axis=(0, 2, 3), keepdims=True)
+        np.testing.assert_allclose(turned["values"].numpy() / scale, want / scale, atol=1e-5)
+    # the members alone are not equivariant: the check has teeth
+    f, c, s = symmetry.transform_inputs(fields.numpy(), condition.numpy(), schmid.numpy(), (1, False))
+    alone = plain.predict(torch.from_numpy(f), torch.from_numpy(c), torch.from_numpy(s))["values"].numpy()
+    want = symmetry.transform_values(plain.predict(fields, condition, schmid)["values"].numpy(), (1, False))
+    assert np.abs(alone - want).max() > 1e-3 * np.abs(want).max()
