@@ -27,6 +27,7 @@ A non-square grid keeps the elements that map it onto itself (no quarter turns).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -93,16 +94,30 @@ def rotate_vector(v: np.ndarray, Q: np.ndarray, axis: int = 0) -> np.ndarray:
     return np.moveaxis(np.tensordot(np.moveaxis(v, axis, -1), Q.T, axes=1), -1, axis).astype(np.asarray(v).dtype)
 
 
-def rotate_orientation_tensor(t: np.ndarray, Q: np.ndarray, axis: int = 0) -> np.ndarray:
-    """The cubic orientation tensor (:func:`surrogate.features.cubic_orientation_tensor`'s 15
-    components along ``axis``) of the crystals rotated by ``Q``."""
-    t = np.moveaxis(np.asarray(t), axis, -1)
+def _rotate_full(t: np.ndarray, Q: np.ndarray) -> np.ndarray:
+    """``(..., 15)`` orientation-tensor components rotated by ``Q`` through the full 3^4 tensor."""
     full = np.zeros(t.shape[:-1] + (3, 3, 3, 3), dtype=np.float64)
     for k, (a, b, c, d) in enumerate(features._SYM4):
         for p in set(itertools.permutations((a, b, c, d))):
             full[(...,) + p] = t[..., k]
     full = np.einsum("ai,bj,ck,dl,...ijkl->...abcd", Q, Q, Q, Q, full, optimize=True)
-    out = np.stack([full[(...,) + idx] for idx in features._SYM4], -1)
+    return np.stack([full[(...,) + idx] for idx in features._SYM4], -1)
+
+
+@functools.lru_cache(maxsize=64)
+def _orientation_matrix(Q_bytes: bytes) -> np.ndarray:
+    """The 15 x 15 matrix of the (linear) rotation of orientation-tensor components, rows = inputs."""
+    Q = np.frombuffer(Q_bytes, dtype=np.float64).reshape(3, 3)
+    return _rotate_full(np.eye(features.N_ORIENTATION), Q)
+
+
+def rotate_orientation_tensor(t: np.ndarray, Q: np.ndarray, axis: int = 0) -> np.ndarray:
+    """The cubic orientation tensor (:func:`surrogate.features.cubic_orientation_tensor`'s 15
+    components along ``axis``) of the crystals rotated by ``Q``
+    (``T_abcd -> Q_ai Q_bj Q_ck Q_dl T_ijkl``, a linear map of the 15 components)."""
+    t = np.asarray(t)
+    M = _orientation_matrix(np.ascontiguousarray(Q, dtype=np.float64).tobytes())
+    out = np.tensordot(np.moveaxis(t, axis, -1), M, axes=1)
     return np.moveaxis(out, -1, axis).astype(t.dtype)
 
 
