@@ -33,6 +33,8 @@ import math
 
 import numpy as np
 
+from solver.tensors import from_voigt, rotate_stiffness, to_voigt
+
 from . import features
 
 #: The 8 elements ``(quarter turns, mirror)`` of the square's symmetry group; ``(0, False)`` is the identity.
@@ -73,20 +75,11 @@ def move_voxels(x: np.ndarray, element: tuple[int, bool]) -> np.ndarray:
     return x[..., j, i]
 
 
-def _tensor(v: np.ndarray, axis: int) -> np.ndarray:
-    """Voigt 6 (11, 22, 33, 23, 13, 12; tensor components) along ``axis`` -> ``(..., 3, 3)`` last."""
-    v = np.moveaxis(v, axis, -1)
-    s11, s22, s33, s23, s13, s12 = (v[..., k] for k in range(6))
-    return np.stack([np.stack([s11, s12, s13], -1), np.stack([s12, s22, s23], -1),
-                     np.stack([s13, s23, s33], -1)], -2)
-
-
 def rotate_voigt(v: np.ndarray, Q: np.ndarray, axis: int = 0) -> np.ndarray:
     """``Q T Q^T`` of symmetric tensors given as Voigt 6-vectors (tensor components) along ``axis``."""
-    T = _tensor(np.asarray(v), axis)
-    R = Q @ T @ Q.T
-    out = np.stack([R[..., 0, 0], R[..., 1, 1], R[..., 2, 2], R[..., 1, 2], R[..., 0, 2], R[..., 0, 1]], -1)
-    return np.moveaxis(out, -1, axis).astype(np.asarray(v).dtype)
+    v = np.asarray(v)
+    T = from_voigt(np.moveaxis(v, axis, -1))
+    return np.moveaxis(to_voigt(Q @ T @ Q.T), -1, axis).astype(v.dtype)
 
 
 def rotate_vector(v: np.ndarray, Q: np.ndarray, axis: int = 0) -> np.ndarray:
@@ -100,7 +93,7 @@ def _rotate_full(t: np.ndarray, Q: np.ndarray) -> np.ndarray:
     for k, (a, b, c, d) in enumerate(features._SYM4):
         for p in set(itertools.permutations((a, b, c, d))):
             full[(...,) + p] = t[..., k]
-    full = np.einsum("ai,bj,ck,dl,...ijkl->...abcd", Q, Q, Q, Q, full, optimize=True)
+    full = rotate_stiffness(full, Q)
     return np.stack([full[(...,) + idx] for idx in features._SYM4], -1)
 
 

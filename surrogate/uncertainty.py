@@ -103,17 +103,16 @@ class Ensemble:
             if element != (0, False):
                 inputs = symmetry.transform_inputs(*(torch.as_tensor(t).cpu().numpy() for t in inputs), element)
             args = [torch.as_tensor(t).to(self.device, torch.float32) for t in inputs]
-            back = symmetry.inverse(element)
-            for m in self.members:
-                out = m(*args)
-                v = m.physical(out["values"].float())
-                p = torch.softmax(out["slip_logits"].float(), dim=1)
-                if element != (0, False):  # the copy's answer, mapped back onto the map
-                    v = torch.from_numpy(symmetry.transform_values(v.cpu().numpy(), back)).to(self.device)
-                    p = torch.from_numpy(symmetry.move_voxels(p.cpu().numpy(), back)).to(self.device)
-                vals.append(v)
-                vms.append(von_mises(v[:, features.TARGETS["stress"]]))
-                probs.append(p)
+            outs = [m(*args) for m in self.members]
+            v = torch.stack([m.physical(o["values"].float()) for m, o in zip(self.members, outs)])
+            p = torch.stack([torch.softmax(o["slip_logits"].float(), dim=1) for o in outs])
+            if element != (0, False):  # the copy's answers (all members at once), mapped back onto the map
+                back = symmetry.inverse(element)
+                v = torch.from_numpy(symmetry.transform_values(v.cpu().numpy(), back)).to(self.device)
+                p = torch.from_numpy(symmetry.move_voxels(p.cpu().numpy(), back)).to(self.device)
+            vals.extend(v)
+            vms.extend(von_mises(v[:, :, features.TARGETS["stress"]], dim=2))
+            probs.extend(p)
         vals, vms = torch.stack(vals), torch.stack(vms)
         n = len(vals)
         return {"values": vals.mean(0), "spread": vals.std(0, unbiased=True) if n > 1 else torch.zeros_like(vals[0]),

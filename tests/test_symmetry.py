@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from solver.rotations import euler_to_matrix, matrix_to_euler, random_matrices
+from solver.tensors import from_voigt
 from surrogate import features, symmetry
 from surrogate.data import CampaignDataset
 
@@ -129,8 +130,8 @@ def test_tensors_rotate_with_the_crystals():
             symmetry.rotate_orientation_tensor(features.cubic_orientation_tensor(g), Q, axis=-1),
             features.cubic_orientation_tensor(g @ Q.T), atol=1e-12)
         # the resolved shear stresses (crystal frame) do not change when crystals and stress turn together
-        S = symmetry._tensor(sigma, -1)
-        S_t = symmetry._tensor(symmetry.rotate_voigt(sigma, Q, axis=-1), -1)
+        S = from_voigt(sigma)
+        S_t = from_voigt(symmetry.rotate_voigt(sigma, Q, axis=-1))
         np.testing.assert_allclose(g @ S @ np.swapaxes(g, -1, -2), (g @ Q.T) @ S_t @ (Q @ np.swapaxes(g, -1, -2)),
                                    atol=1e-12)
 
